@@ -1,0 +1,543 @@
+//! Plugin configuration: parsed and validated once, in `on_configure`.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::rls;
+
+/// The default cap on a buffered request body (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// The largest accepted `max_body_bytes` (64 MiB).
+const MAX_MAX_BODY_BYTES: usize = 64 << 20;
+/// Envoy's rate-limit filter default.
+pub const DEFAULT_TIMEOUT_MS: u64 = 20;
+const MAX_TIMEOUT_MS: u64 = 60_000;
+
+/// The validated configuration shared by every request of a plugin.
+#[derive(Debug)]
+pub struct Config {
+    pub domain: String,
+    pub rls_cluster: String,
+    pub timeout_ms: u64,
+    pub failure_mode_deny: bool,
+    pub max_body_bytes: usize,
+    /// Hold the request headers while the body is judged (needs the Wasm
+    /// PluginConfig's `allow_on_headers_stop_iteration: true`).
+    pub hold_headers: bool,
+    pub meta_tools: Vec<String>,
+    pub descriptors: Vec<Vec<Entry>>,
+    pub over_limit: Reply,
+    pub rls_failure: Reply,
+    /// Header names that some descriptor reads (lowercase).
+    pub headers_used: Vec<String>,
+    /// The `domain` field of the RLS request, encoded once.
+    pub encoded_domain: Vec<u8>,
+}
+
+/// One entry of a descriptor: a key and where its value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub source: Source,
+}
+
+/// Where a descriptor entry's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A fixed value.
+    Literal(String),
+    /// A field of the MCP request.
+    Mcp(McpField),
+    /// A request header (name in lowercase).
+    Header(String),
+    /// Envoy dynamic metadata: filter namespace, then a path inside it.
+    Metadata {
+        namespace: String,
+        path: Vec<String>,
+    },
+}
+
+/// The MCP request fields a descriptor can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McpField {
+    /// The JSON-RPC method.
+    Method,
+    /// The tool of a `tools/call`, with meta-tools unwrapped.
+    Tool,
+    /// The prompt of a `prompts/get`.
+    Prompt,
+    /// The URI of a `resources/read`.
+    Resource,
+}
+
+/// The local reply sent for a denial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub http_status: u32,
+    pub code: i64,
+    pub message: String,
+    /// `message` as a JSON string literal, quotes included.
+    pub message_json: String,
+}
+
+/// A configuration the filter refuses; the text names the offending key.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid plugin configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    domain: String,
+    rls_cluster: String,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+    #[serde(default)]
+    failure_mode_deny: bool,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: usize,
+    #[serde(default = "default_true")]
+    hold_headers: bool,
+    #[serde(default = "default_meta_tools")]
+    meta_tools: Vec<String>,
+    descriptors: Option<Vec<Vec<RawEntry>>>,
+    #[serde(default)]
+    over_limit: RawReply,
+    #[serde(default)]
+    rls_failure: RawReply,
+}
+
+fn default_timeout() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_body() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_meta_tools() -> Vec<String> {
+    vec!["call_tool".to_owned()]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    key: String,
+    value: Option<String>,
+    mcp: Option<McpField>,
+    header: Option<String>,
+    metadata: Option<RawMetadata>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetadata {
+    namespace: String,
+    path: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReply {
+    http_status: Option<u32>,
+    code: Option<i64>,
+    message: Option<String>,
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration (JSON).
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                ConfigError(e.into_inner().to_string())
+            } else {
+                ConfigError(format!("`{path}`: {}", e.into_inner()))
+            }
+        })?;
+        de.end().map_err(|e| ConfigError(e.to_string()))?;
+        let err = |m: &str| Err(ConfigError(m.to_owned()));
+        if raw.domain.is_empty() {
+            return err("`domain` must not be empty");
+        }
+        if raw.rls_cluster.is_empty() {
+            return err("`rls_cluster` must not be empty");
+        }
+        if raw.timeout_ms == 0 {
+            return err("`timeout_ms` must be greater than 0 (Envoy treats 0 as no timeout, which would let a stuck rate-limit service hang requests)");
+        }
+        if raw.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(ConfigError(format!(
+                "`timeout_ms` must be at most {MAX_TIMEOUT_MS}"
+            )));
+        }
+        if raw.max_body_bytes == 0 || raw.max_body_bytes > MAX_MAX_BODY_BYTES {
+            return Err(ConfigError(format!(
+                "`max_body_bytes` must be between 1 and {MAX_MAX_BODY_BYTES}"
+            )));
+        }
+        if raw.meta_tools.iter().any(String::is_empty) {
+            return err("`meta_tools` must not contain an empty name");
+        }
+        let descriptors = match raw.descriptors {
+            None => vec![vec![Entry {
+                key: "tool".to_owned(),
+                source: Source::Mcp(McpField::Tool),
+            }]],
+            Some(list) => {
+                if list.is_empty() {
+                    return err(
+                        "`descriptors` must not be empty (omit it for the per-tool default)",
+                    );
+                }
+                let mut out = Vec::with_capacity(list.len());
+                for (i, d) in list.into_iter().enumerate() {
+                    if d.is_empty() {
+                        return Err(ConfigError(format!(
+                            "`descriptors[{i}]` must have at least one entry"
+                        )));
+                    }
+                    let mut entries = Vec::with_capacity(d.len());
+                    for (j, e) in d.into_iter().enumerate() {
+                        entries.push(e.validate(i, j)?);
+                    }
+                    out.push(entries);
+                }
+                out
+            }
+        };
+        let mut headers_used: Vec<String> = Vec::new();
+        for e in descriptors.iter().flatten() {
+            if let Source::Header(h) = &e.source {
+                if !headers_used.contains(h) {
+                    headers_used.push(h.clone());
+                }
+            }
+        }
+        let over_limit = raw
+            .over_limit
+            .build("over_limit", 429, 429, "Rate limit exceeded")?;
+        let rls_failure =
+            raw.rls_failure
+                .build("rls_failure", 503, -32603, "Rate limit service unavailable")?;
+        let encoded_domain = rls::encode_domain(&raw.domain);
+        Ok(Config {
+            domain: raw.domain,
+            rls_cluster: raw.rls_cluster,
+            timeout_ms: raw.timeout_ms,
+            failure_mode_deny: raw.failure_mode_deny,
+            max_body_bytes: raw.max_body_bytes,
+            hold_headers: raw.hold_headers,
+            meta_tools: raw.meta_tools,
+            descriptors,
+            over_limit,
+            rls_failure,
+            headers_used,
+            encoded_domain,
+        })
+    }
+}
+
+impl RawEntry {
+    fn validate(self, i: usize, j: usize) -> Result<Entry, ConfigError> {
+        let at = format!("descriptors[{i}][{j}]");
+        if self.key.is_empty() {
+            return Err(ConfigError(format!("`{at}.key` must not be empty")));
+        }
+        let sources = [
+            self.value.is_some(),
+            self.mcp.is_some(),
+            self.header.is_some(),
+            self.metadata.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if sources != 1 {
+            return Err(ConfigError(format!(
+                "`{at}` must have exactly one of `value`, `mcp`, `header`, `metadata` (found {sources})"
+            )));
+        }
+        let source = if let Some(v) = self.value {
+            if v.is_empty() {
+                return Err(ConfigError(format!("`{at}.value` must not be empty")));
+            }
+            Source::Literal(v)
+        } else if let Some(m) = self.mcp {
+            Source::Mcp(m)
+        } else if let Some(h) = self.header {
+            if h.is_empty() || !h.bytes().all(is_header_name_byte) {
+                return Err(ConfigError(format!(
+                    "`{at}.header` is not a valid header name"
+                )));
+            }
+            Source::Header(h.to_ascii_lowercase())
+        } else if let Some(m) = self.metadata {
+            if m.namespace.is_empty() {
+                return Err(ConfigError(format!(
+                    "`{at}.metadata.namespace` must not be empty"
+                )));
+            }
+            if m.path.is_empty() || m.path.iter().any(String::is_empty) {
+                return Err(ConfigError(format!(
+                    "`{at}.metadata.path` must be a non-empty list of non-empty keys"
+                )));
+            }
+            Source::Metadata {
+                namespace: m.namespace,
+                path: m.path,
+            }
+        } else {
+            return Err(ConfigError(format!("`{at}` has no value source")));
+        };
+        Ok(Entry {
+            key: self.key,
+            source,
+        })
+    }
+}
+
+/// RFC 9110 token characters.
+fn is_header_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+impl RawReply {
+    fn build(
+        self,
+        name: &str,
+        status: u32,
+        code: i64,
+        message: &str,
+    ) -> Result<Reply, ConfigError> {
+        let http_status = self.http_status.unwrap_or(status);
+        if !(200..=599).contains(&http_status) {
+            return Err(ConfigError(format!(
+                "`{name}.http_status` must be between 200 and 599"
+            )));
+        }
+        let message = self.message.unwrap_or_else(|| message.to_owned());
+        if message.is_empty() {
+            return Err(ConfigError(format!("`{name}.message` must not be empty")));
+        }
+        let message_json =
+            serde_json::to_string(&message).map_err(|e| ConfigError(e.to_string()))?;
+        Ok(Reply {
+            http_status,
+            code: self.code.unwrap_or(code),
+            message,
+            message_json,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s.as_bytes())
+    }
+
+    fn rejected(s: &str) -> String {
+        match parse(s) {
+            Err(e) => e.to_string(),
+            Ok(c) => panic!("accepted {s}: {c:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gives_per_tool_defaults() {
+        let c = parse(r#"{"domain":"mcp","rls_cluster":"ratelimit"}"#).unwrap();
+        assert_eq!(c.domain, "mcp");
+        assert_eq!(c.rls_cluster, "ratelimit");
+        assert_eq!(c.timeout_ms, 20);
+        assert!(!c.failure_mode_deny);
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert!(c.hold_headers);
+        assert_eq!(c.meta_tools, vec!["call_tool"]);
+        assert_eq!(
+            c.descriptors,
+            vec![vec![Entry {
+                key: "tool".into(),
+                source: Source::Mcp(McpField::Tool)
+            }]]
+        );
+        assert_eq!(c.over_limit.http_status, 429);
+        assert_eq!(c.over_limit.code, 429);
+        assert_eq!(c.over_limit.message_json, "\"Rate limit exceeded\"");
+        assert_eq!(c.rls_failure.http_status, 503);
+        assert!(c.headers_used.is_empty());
+    }
+
+    #[test]
+    fn full_config() {
+        let c = parse(
+            r#"{"domain":"d","rls_cluster":"rl","timeout_ms":250,"failure_mode_deny":true,
+                "max_body_bytes":4096,"hold_headers":false,"meta_tools":["call_tool","run_tool"],
+                "descriptors":[
+                  [{"key":"user","header":"X-User"},{"key":"tool","mcp":"tool"}],
+                  [{"key":"generic_key","value":"mcp"}],
+                  [{"key":"sub","metadata":{"namespace":"envoy.filters.http.jwt_authn","path":["payload","sub"]}},{"key":"method","mcp":"method"}]
+                ],
+                "over_limit":{"http_status":200,"code":-32023,"message":"Too \"many\""},
+                "rls_failure":{"http_status":500}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.timeout_ms, 250);
+        assert!(c.failure_mode_deny);
+        assert!(!c.hold_headers);
+        assert_eq!(c.descriptors.len(), 3);
+        assert_eq!(c.descriptors[0][0].source, Source::Header("x-user".into()));
+        assert_eq!(c.headers_used, vec!["x-user"]);
+        assert_eq!(
+            c.descriptors[2][0].source,
+            Source::Metadata {
+                namespace: "envoy.filters.http.jwt_authn".into(),
+                path: vec!["payload".into(), "sub".into()]
+            }
+        );
+        assert_eq!(c.over_limit.http_status, 200);
+        assert_eq!(c.over_limit.code, -32023);
+        assert_eq!(c.over_limit.message_json, r#""Too \"many\"""#);
+        assert_eq!(c.rls_failure.http_status, 500);
+        assert_eq!(c.rls_failure.code, -32603);
+    }
+
+    #[test]
+    fn every_rejection_names_its_key() {
+        let cases = [
+            (r#"{"rls_cluster":"r"}"#, "domain"),
+            (r#"{"domain":"d"}"#, "rls_cluster"),
+            (r#"{"domain":"","rls_cluster":"r"}"#, "domain"),
+            (r#"{"domain":"d","rls_cluster":""}"#, "rls_cluster"),
+            (
+                r#"{"domain":"d","rls_cluster":"r","timout_ms":5}"#,
+                "timout_ms",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","timeout_ms":0}"#,
+                "timeout_ms",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","timeout_ms":60001}"#,
+                "timeout_ms",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","timeout_ms":"5"}"#,
+                "timeout_ms",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","timeout_ms":-1}"#,
+                "timeout_ms",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","failure_mode_deny":"yes"}"#,
+                "failure_mode_deny",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","max_body_bytes":0}"#,
+                "max_body_bytes",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","max_body_bytes":999999999}"#,
+                "max_body_bytes",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","meta_tools":[""]}"#,
+                "meta_tools",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","hold_headers":1}"#,
+                "hold_headers",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[]}"#,
+                "descriptors",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[[]]}"#,
+                "descriptors[0]",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[[{"key":"","mcp":"tool"}]]}"#,
+                "descriptors[0][0].key",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[[{"key":"k"}]]}"#,
+                "descriptors[0][0]",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[[{"key":"k","value":"v","mcp":"tool"}]]}"#,
+                "descriptors[0][0]",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[[{"key":"k","mcp":"tools"}]]}"#,
+                "tools",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[[{"key":"k","header":"bad header"}]]}"#,
+                "descriptors[0][0].header",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[[{"key":"k","value":""}]]}"#,
+                "descriptors[0][0].value",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[[{"key":"k","mcp":"tool","extra":1}]]}"#,
+                "extra",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[[{"key":"k","metadata":{"namespace":"n","path":[]}}]]}"#,
+                "metadata.path",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[[{"key":"k","metadata":{"namespace":"","path":["a"]}}]]}"#,
+                "metadata.namespace",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","over_limit":{"http_status":99}}"#,
+                "over_limit.http_status",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","over_limit":{"status":429}}"#,
+                "status",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","rls_failure":{"message":""}}"#,
+                "rls_failure.message",
+            ),
+        ];
+        for (json, key) in cases {
+            let msg = rejected(json);
+            assert!(
+                msg.contains(key),
+                "{json}: message {msg:?} does not name {key:?}"
+            );
+            assert!(msg.starts_with("invalid plugin configuration: "), "{msg}");
+        }
+    }
+
+    #[test]
+    fn not_json_is_refused() {
+        assert!(rejected("domain: mcp").contains("invalid plugin configuration"));
+        assert!(rejected("").contains("invalid plugin configuration"));
+    }
+}

@@ -1,0 +1,929 @@
+//! The per-request state machine. It sees the host only through [`Host`],
+//! decides, and returns a [`Step`] that the glue in `host.rs` carries out.
+
+use std::borrow::Cow;
+use std::rc::Rc;
+
+use crate::config::{Config, McpField, Source};
+use crate::jsonrpc::{self, Body, ParseError, Target};
+use crate::reply::{self, Ids, LocalReply};
+use crate::rls::{self, Descriptor, Headers, RlsError, Verdict};
+
+/// What the flow needs from the host, besides the body bytes.
+pub trait Host {
+    /// A request header's value (names are lowercase).
+    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// A value of Envoy dynamic metadata: filter namespace, then path.
+    fn metadata(&self, namespace: &str, path: &[String]) -> Option<Vec<u8>>;
+    /// Increments a counter.
+    fn count(&self, counter: Counter);
+}
+
+/// The filter's counters (Envoy stats `wasmcustom.mcp_ratelimit.<name>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// Bodies buffered and parsed.
+    Inspected,
+    /// Calls made to the rate-limit service.
+    Checked,
+    /// The service answered OK.
+    Ok,
+    /// The service answered OVER_LIMIT (the request was denied).
+    OverLimit,
+    /// The call failed or the reply was unusable.
+    Error,
+    /// An error let the request through (`failure_mode_deny: false`).
+    FailureModeAllowed,
+    /// Bodies refused for exceeding `max_body_bytes`.
+    BodyTooLarge,
+    /// Bodies refused as not JSON or not acceptable JSON-RPC.
+    ParseError,
+}
+
+impl Counter {
+    /// Every counter, in a fixed order (their index in [`Counter::ALL`]).
+    pub const ALL: [Counter; 8] = [
+        Counter::Inspected,
+        Counter::Checked,
+        Counter::Ok,
+        Counter::OverLimit,
+        Counter::Error,
+        Counter::FailureModeAllowed,
+        Counter::BodyTooLarge,
+        Counter::ParseError,
+    ];
+
+    /// The stat name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Inspected => "mcp_ratelimit.inspected",
+            Counter::Checked => "mcp_ratelimit.checked",
+            Counter::Ok => "mcp_ratelimit.ok",
+            Counter::OverLimit => "mcp_ratelimit.over_limit",
+            Counter::Error => "mcp_ratelimit.error",
+            Counter::FailureModeAllowed => "mcp_ratelimit.failure_mode_allowed",
+            Counter::BodyTooLarge => "mcp_ratelimit.body_too_large",
+            Counter::ParseError => "mcp_ratelimit.parse_error",
+        }
+    }
+}
+
+/// What the glue must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Let the request go on, after adding these request headers.
+    Continue(Headers),
+    /// Hold the request (keep buffering, or wait for the service).
+    Pause,
+    /// Read the buffered body (this many bytes) and call
+    /// [`Flow::on_body`].
+    ReadBody(usize),
+    /// Call the rate-limit service with this `RateLimitRequest`, then report
+    /// the outcome with [`Flow::on_dispatched`] or
+    /// [`Flow::on_dispatch_failed`].
+    Dispatch(Vec<u8>),
+    /// Answer the client with this reply; the request goes no further.
+    Reply(LocalReply),
+}
+
+impl Step {
+    fn go() -> Step {
+        Step::Continue(Vec::new())
+    }
+}
+
+/// Where a request is.
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    /// Headers not seen yet.
+    Start,
+    /// Not an MCP JSON POST: nothing to do.
+    Passthrough,
+    /// Waiting for the end of the body.
+    Buffering { size: usize },
+    /// Body parsed, descriptors sent; waiting for the token.
+    Dispatching { ids: Ids },
+    /// Waiting for the service's reply to `token`.
+    AwaitingRls { token: u32, ids: Ids },
+    /// Let through; headers to add to the response.
+    Allowed { response_headers: Headers },
+    /// Answered locally.
+    Responded,
+}
+
+/// One request's journey through the filter.
+pub struct Flow {
+    cfg: Rc<Config>,
+    state: State,
+}
+
+impl Flow {
+    pub fn new(cfg: Rc<Config>) -> Self {
+        Flow {
+            cfg,
+            state: State::Start,
+        }
+    }
+
+    /// Request headers arrived.
+    pub fn on_request_headers(&mut self, end_of_stream: bool, host: &impl Host) -> Step {
+        let is_post = host.request_header(":method").is_some_and(|m| m == b"POST");
+        let is_json = host
+            .request_header("content-type")
+            .is_some_and(|ct| is_json(&ct));
+        if !(is_post && is_json) {
+            self.state = State::Passthrough;
+            return Step::go();
+        }
+        if let Some(len) = host.request_header("content-length") {
+            let declared = std::str::from_utf8(&len)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok());
+            if declared.is_some_and(|n| n > self.cfg.max_body_bytes as u64) {
+                return self.reply_too_large(host);
+            }
+        }
+        self.state = State::Buffering { size: 0 };
+        if end_of_stream {
+            Step::ReadBody(0)
+        } else if self.cfg.hold_headers {
+            Step::Pause
+        } else {
+            // The body callbacks still hold the request; a buffer filter
+            // after this one keeps the headers from the upstream.
+            Step::go()
+        }
+    }
+
+    /// A body chunk arrived; `size` is the total buffered so far.
+    pub fn on_request_body(&mut self, size: usize, end_of_stream: bool, host: &impl Host) -> Step {
+        match self.state {
+            State::Buffering { .. } => {
+                if size > self.cfg.max_body_bytes {
+                    return self.reply_too_large(host);
+                }
+                self.state = State::Buffering { size };
+                if end_of_stream {
+                    Step::ReadBody(size)
+                } else {
+                    Step::Pause
+                }
+            }
+            State::Passthrough | State::Allowed { .. } | State::Start => Step::go(),
+            State::Dispatching { .. } | State::AwaitingRls { .. } | State::Responded => Step::Pause,
+        }
+    }
+
+    /// Request trailers arrived: they end the body.
+    pub fn on_request_trailers(&mut self) -> Step {
+        match self.state {
+            State::Buffering { size } => Step::ReadBody(size),
+            State::Passthrough | State::Allowed { .. } | State::Start => Step::go(),
+            State::Dispatching { .. } | State::AwaitingRls { .. } | State::Responded => Step::Pause,
+        }
+    }
+
+    /// The whole body, as asked for by [`Step::ReadBody`].
+    pub fn on_body(&mut self, body: &[u8], host: &impl Host) -> Step {
+        if !matches!(self.state, State::Buffering { .. }) {
+            return Step::Pause;
+        }
+        if body.len() > self.cfg.max_body_bytes {
+            return self.reply_too_large(host);
+        }
+        let parsed = match jsonrpc::parse(body, &self.cfg.meta_tools) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                host.count(Counter::ParseError);
+                let reply = match e {
+                    ParseError::Syntax => {
+                        reply::bad_request(reply::PARSE_ERROR, None, "body is not valid JSON")
+                    }
+                    ParseError::InvalidRequest { id, reason } => {
+                        reply::bad_request(reply::INVALID_REQUEST, id, reason)
+                    }
+                    ParseError::InvalidParams { id, reason } => {
+                        reply::bad_request(reply::INVALID_PARAMS, id, reason)
+                    }
+                };
+                self.state = State::Responded;
+                return Step::Reply(reply);
+            }
+        };
+        host.count(Counter::Inspected);
+        let descriptors = build_descriptors(&self.cfg, &parsed, host);
+        if descriptors.is_empty() {
+            self.state = State::Allowed {
+                response_headers: Vec::new(),
+            };
+            return Step::go();
+        }
+        let payload = rls::encode_request(&self.cfg.encoded_domain, &descriptors);
+        let ids = match &parsed {
+            Body::Single(r) => Ids::Single(r.id.map(|i| i.get().into())),
+            Body::Batch(list) => Ids::Batch(
+                list.iter()
+                    .filter_map(|r| r.id.map(|i| i.get().into()))
+                    .collect(),
+            ),
+        };
+        self.state = State::Dispatching { ids };
+        Step::Dispatch(payload)
+    }
+
+    /// The call was dispatched; its reply will carry `token`.
+    pub fn on_dispatched(&mut self, token: u32, host: &impl Host) {
+        host.count(Counter::Checked);
+        if let State::Dispatching { ids } = std::mem::replace(&mut self.state, State::Responded) {
+            self.state = State::AwaitingRls { token, ids };
+        }
+    }
+
+    /// The host refused to dispatch the call (e.g. unknown cluster).
+    pub fn on_dispatch_failed(&mut self, host: &impl Host) -> Step {
+        host.count(Counter::Checked);
+        match std::mem::replace(&mut self.state, State::Responded) {
+            State::Dispatching { ids } => self.failed(ids, host),
+            other => {
+                self.state = other;
+                Step::Pause
+            }
+        }
+    }
+
+    /// The service answered (`grpc_status` 0 with `body`) or the call failed.
+    pub fn on_rls_response(
+        &mut self,
+        token: u32,
+        grpc_status: u32,
+        body: Option<&[u8]>,
+        host: &impl Host,
+    ) -> Step {
+        let ids = match std::mem::replace(&mut self.state, State::Responded) {
+            State::AwaitingRls { token: t, ids } if t == token => ids,
+            other => {
+                // Not the call we wait for: ignore it.
+                self.state = other;
+                return Step::Pause;
+            }
+        };
+        let verdict = if grpc_status != 0 {
+            Err(RlsError::Grpc(grpc_status))
+        } else {
+            rls::decode_response(body.unwrap_or(&[]))
+        };
+        match verdict {
+            Ok(Verdict::Ok {
+                request_headers,
+                response_headers,
+            }) => {
+                host.count(Counter::Ok);
+                self.state = State::Allowed { response_headers };
+                Step::Continue(request_headers)
+            }
+            Ok(Verdict::OverLimit {
+                retry_after,
+                response_headers,
+            }) => {
+                host.count(Counter::OverLimit);
+                Step::Reply(reply::over_limit(
+                    &self.cfg.over_limit,
+                    &ids,
+                    retry_after,
+                    response_headers,
+                ))
+            }
+            Err(e) => {
+                log::debug!("rate-limit service error: {e:?}");
+                self.failed(ids, host)
+            }
+        }
+    }
+
+    /// Headers to add to the response of an allowed request.
+    pub fn response_headers(&mut self) -> Headers {
+        match &mut self.state {
+            State::Allowed { response_headers } => std::mem::take(response_headers),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether the request is waiting for the rate-limit service.
+    pub fn awaiting(&self) -> Option<u32> {
+        match self.state {
+            State::AwaitingRls { token, .. } => Some(token),
+            _ => None,
+        }
+    }
+
+    fn failed(&mut self, ids: Ids, host: &impl Host) -> Step {
+        host.count(Counter::Error);
+        if self.cfg.failure_mode_deny {
+            self.state = State::Responded;
+            Step::Reply(reply::rls_failure(&self.cfg.rls_failure, &ids))
+        } else {
+            host.count(Counter::FailureModeAllowed);
+            self.state = State::Allowed {
+                response_headers: Vec::new(),
+            };
+            Step::go()
+        }
+    }
+
+    fn reply_too_large(&mut self, host: &impl Host) -> Step {
+        host.count(Counter::BodyTooLarge);
+        self.state = State::Responded;
+        Step::Reply(reply::too_large(self.cfg.max_body_bytes))
+    }
+}
+
+/// `application/json` with any parameters, in any case.
+pub fn is_json(content_type: &[u8]) -> bool {
+    let essence = content_type
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default();
+    essence
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"application/json")
+}
+
+/// The descriptors for a body: each configured descriptor whose sources are
+/// all present, for each message; identical ones merged into one with their
+/// hits added up.
+fn build_descriptors<'a>(
+    cfg: &'a Config,
+    body: &'a Body<'a>,
+    host: &impl Host,
+) -> Vec<Descriptor<'a>> {
+    let mut out: Vec<Descriptor<'a>> = Vec::new();
+    // Header and metadata values are the same for every message of a batch:
+    // fetch each once, lazily.
+    let mut fetched: Vec<(usize, usize, Option<Cow<'a, str>>)> = Vec::new();
+    for req in body.requests() {
+        'descriptor: for (i, d) in cfg.descriptors.iter().enumerate() {
+            let mut entries = Vec::with_capacity(d.len());
+            for (j, e) in d.iter().enumerate() {
+                let value: Option<Cow<'a, str>> = match &e.source {
+                    Source::Literal(v) => Some(Cow::Borrowed(v.as_str())),
+                    Source::Mcp(field) => mcp_value(*field, req),
+                    Source::Header(_) | Source::Metadata { .. } => {
+                        match fetched.iter().find(|(a, b, _)| *a == i && *b == j) {
+                            Some((_, _, v)) => v.clone(),
+                            None => {
+                                let v = external_value(&e.source, host);
+                                fetched.push((i, j, v.clone()));
+                                v
+                            }
+                        }
+                    }
+                };
+                match value {
+                    Some(v) => entries.push((e.key.as_str(), v)),
+                    None => continue 'descriptor,
+                }
+            }
+            match out.iter_mut().find(|o| o.entries == entries) {
+                Some(existing) => existing.hits += 1,
+                None => out.push(Descriptor { entries, hits: 1 }),
+            }
+        }
+    }
+    out
+}
+
+fn mcp_value<'a>(field: McpField, req: &'a jsonrpc::Request<'a>) -> Option<Cow<'a, str>> {
+    let borrow = |c: &'a Cow<'a, str>| Some(Cow::Borrowed(c.as_ref()));
+    match (field, &req.target) {
+        (McpField::Method, _) => req.method.as_ref().and_then(borrow),
+        (McpField::Tool, Some(Target::Tool(t))) => borrow(t),
+        (McpField::Prompt, Some(Target::Prompt(p))) => borrow(p),
+        (McpField::Resource, Some(Target::Resource(r))) => borrow(r),
+        _ => None,
+    }
+}
+
+fn external_value<'a>(source: &Source, host: &impl Host) -> Option<Cow<'a, str>> {
+    let bytes = match source {
+        Source::Header(name) => host.request_header(name)?,
+        Source::Metadata { namespace, path } => host.metadata(namespace, path)?,
+        _ => return None,
+    };
+    // Lossy rather than skipped: a client must not dodge a limit by sending
+    // bytes that are not UTF-8.
+    Some(Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    use super::*;
+    use crate::rls::pb;
+    use prost::Message;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct MockHost {
+        headers: HashMap<String, Vec<u8>>,
+        metadata: HashMap<String, Vec<u8>>,
+        counts: RefCell<HashMap<Counter, u64>>,
+    }
+
+    impl MockHost {
+        fn post_json() -> Self {
+            let mut h = MockHost::default();
+            h.headers.insert(":method".into(), b"POST".to_vec());
+            h.headers
+                .insert("content-type".into(), b"application/json".to_vec());
+            h
+        }
+        fn with(mut self, k: &str, v: &str) -> Self {
+            self.headers.insert(k.into(), v.as_bytes().to_vec());
+            self
+        }
+        fn count_of(&self, c: Counter) -> u64 {
+            self.counts.borrow().get(&c).copied().unwrap_or(0)
+        }
+    }
+
+    impl Host for MockHost {
+        fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+            self.headers.get(name).cloned()
+        }
+        fn metadata(&self, namespace: &str, path: &[String]) -> Option<Vec<u8>> {
+            self.metadata
+                .get(&format!("{namespace}/{}", path.join("/")))
+                .cloned()
+        }
+        fn count(&self, counter: Counter) {
+            *self.counts.borrow_mut().entry(counter).or_default() += 1;
+        }
+    }
+
+    fn cfg(json: &str) -> Rc<Config> {
+        Rc::new(Config::parse(json.as_bytes()).unwrap())
+    }
+
+    const BASIC: &str = r#"{"domain":"mcp","rls_cluster":"ratelimit"}"#;
+
+    fn call(tool: &str) -> String {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
+        )
+    }
+
+    /// Drives headers + one body chunk; returns the step after the body.
+    fn drive(flow: &mut Flow, host: &MockHost, body: &str) -> Step {
+        assert_eq!(flow.on_request_headers(false, host), Step::Pause);
+        match flow.on_request_body(body.len(), true, host) {
+            Step::ReadBody(n) => {
+                assert_eq!(n, body.len());
+                flow.on_body(body.as_bytes(), host)
+            }
+            other => other,
+        }
+    }
+
+    fn sent(step: &Step) -> pb::RateLimitRequest {
+        match step {
+            Step::Dispatch(p) => pb::RateLimitRequest::decode(p.as_slice()).unwrap(),
+            other => panic!("expected a dispatch, got {other:?}"),
+        }
+    }
+
+    fn entries(req: &pb::RateLimitRequest) -> Vec<Vec<(String, String)>> {
+        req.descriptors
+            .iter()
+            .map(|d| {
+                d.entries
+                    .iter()
+                    .map(|e| (e.key.clone(), e.value.clone()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn reply_bytes(code: i32, secs: i64) -> Vec<u8> {
+        pb::RateLimitResponse {
+            overall_code: code,
+            statuses: vec![pb::DescriptorStatus {
+                code,
+                current_limit: None,
+                limit_remaining: 0,
+                duration_until_reset: Some(pb::Duration {
+                    seconds: secs,
+                    nanos: 0,
+                }),
+            }],
+            response_headers_to_add: vec![],
+            request_headers_to_add: vec![],
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn allowed_tool_call() {
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(cfg(BASIC));
+        let step = drive(&mut flow, &host, &call("search_docs"));
+        let req = sent(&step);
+        assert_eq!(req.domain, "mcp");
+        assert_eq!(
+            entries(&req),
+            vec![vec![("tool".to_owned(), "search_docs".to_owned())]]
+        );
+        flow.on_dispatched(9, &host);
+        assert_eq!(flow.awaiting(), Some(9));
+        let step = flow.on_rls_response(9, 0, Some(&reply_bytes(rls::CODE_OK, 0)), &host);
+        assert_eq!(step, Step::Continue(vec![]));
+        assert_eq!(host.count_of(Counter::Inspected), 1);
+        assert_eq!(host.count_of(Counter::Checked), 1);
+        assert_eq!(host.count_of(Counter::Ok), 1);
+    }
+
+    #[test]
+    fn over_limit_denies_with_json_rpc_error() {
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(cfg(BASIC));
+        let body = r#"{"jsonrpc":"2.0","id":"req-1","method":"tools/call","params":{"name":"call_tool","arguments":{"tool_name":"search_docs"}}}"#;
+        let req = sent(&drive(&mut flow, &host, body));
+        assert_eq!(
+            entries(&req),
+            vec![vec![("tool".to_owned(), "search_docs".to_owned())]]
+        );
+        flow.on_dispatched(1, &host);
+        let Step::Reply(r) =
+            flow.on_rls_response(1, 0, Some(&reply_bytes(rls::CODE_OVER_LIMIT, 37)), &host)
+        else {
+            panic!()
+        };
+        assert_eq!(r.status, 429);
+        assert_eq!(
+            r.body,
+            r#"{"jsonrpc":"2.0","id":"req-1","error":{"code":429,"message":"Rate limit exceeded","data":{"retryAfterSeconds":37}}}"#
+        );
+        assert!(r
+            .headers
+            .contains(&("retry-after".to_owned(), "37".to_owned())));
+        assert_eq!(host.count_of(Counter::OverLimit), 1);
+        assert_eq!(flow.response_headers(), vec![]);
+    }
+
+    #[test]
+    fn non_tool_methods_make_no_call_under_the_default() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        ] {
+            let host = MockHost::post_json();
+            let mut flow = Flow::new(cfg(BASIC));
+            assert_eq!(
+                drive(&mut flow, &host, body),
+                Step::Continue(vec![]),
+                "{body}"
+            );
+            assert_eq!(host.count_of(Counter::Inspected), 1);
+            assert_eq!(host.count_of(Counter::Checked), 0);
+        }
+    }
+
+    #[test]
+    fn only_json_posts_are_inspected() {
+        let cases = [
+            MockHost::default()
+                .with(":method", "GET")
+                .with("accept", "text/event-stream"),
+            MockHost::default().with(":method", "DELETE"),
+            MockHost::default()
+                .with(":method", "POST")
+                .with("content-type", "text/plain"),
+            MockHost::default().with(":method", "POST"),
+            MockHost::default()
+                .with(":method", "post")
+                .with("content-type", "application/json"),
+        ];
+        for host in cases {
+            let mut flow = Flow::new(cfg(BASIC));
+            assert_eq!(
+                flow.on_request_headers(false, &host),
+                Step::Continue(vec![])
+            );
+            assert_eq!(
+                flow.on_request_body(10, true, &host),
+                Step::Continue(vec![])
+            );
+        }
+    }
+
+    #[test]
+    fn json_content_type_variants() {
+        for ct in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            " application/json ;x=y",
+        ] {
+            assert!(is_json(ct.as_bytes()), "{ct}");
+        }
+        for ct in ["application/jsonx", "text/json", "application/json-rpc", ""] {
+            assert!(!is_json(ct.as_bytes()), "{ct}");
+        }
+    }
+
+    #[test]
+    fn headers_go_on_when_not_held() {
+        let c = cfg(r#"{"domain":"mcp","rls_cluster":"r","hold_headers":false}"#);
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(c);
+        assert_eq!(
+            flow.on_request_headers(false, &host),
+            Step::Continue(vec![])
+        );
+        assert_eq!(flow.on_request_body(10, false, &host), Step::Pause);
+        assert_eq!(flow.on_request_body(20, true, &host), Step::ReadBody(20));
+    }
+
+    #[test]
+    fn body_is_read_only_at_the_end() {
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(cfg(BASIC));
+        assert_eq!(flow.on_request_headers(false, &host), Step::Pause);
+        assert_eq!(flow.on_request_body(10, false, &host), Step::Pause);
+        assert_eq!(flow.on_request_body(20, false, &host), Step::Pause);
+        assert_eq!(flow.on_request_body(30, true, &host), Step::ReadBody(30));
+    }
+
+    #[test]
+    fn trailers_end_the_body() {
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(cfg(BASIC));
+        flow.on_request_headers(false, &host);
+        assert_eq!(flow.on_request_body(42, false, &host), Step::Pause);
+        assert_eq!(flow.on_request_trailers(), Step::ReadBody(42));
+    }
+
+    #[test]
+    fn too_large_bodies_are_refused() {
+        let c = cfg(r#"{"domain":"mcp","rls_cluster":"r","max_body_bytes":100}"#);
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(c.clone());
+        flow.on_request_headers(false, &host);
+        assert_eq!(flow.on_request_body(60, false, &host), Step::Pause);
+        let Step::Reply(r) = flow.on_request_body(101, false, &host) else {
+            panic!()
+        };
+        assert_eq!(r.status, 413);
+        assert_eq!(flow.on_request_body(150, true, &host), Step::Pause);
+        // Declared too large: refused at the headers, nothing buffered.
+        let host = MockHost::post_json().with("content-length", "101");
+        let mut flow = Flow::new(c);
+        let Step::Reply(r) = flow.on_request_headers(false, &host) else {
+            panic!()
+        };
+        assert_eq!(r.status, 413);
+        assert_eq!(host.count_of(Counter::BodyTooLarge), 1);
+    }
+
+    #[test]
+    fn malformed_bodies_get_json_rpc_errors() {
+        let cases = [
+            ("not json", 400, -32700),
+            ("", 400, -32700),
+            (r#"{"id":4,"method":"tools/call","params":{}}"#, 400, -32602),
+            (
+                r#"{"id":4,"method":"tools/call","method":"x","params":{"name":"a"}}"#,
+                400,
+                -32600,
+            ),
+        ];
+        for (body, status, code) in cases {
+            let host = MockHost::post_json();
+            let mut flow = Flow::new(cfg(BASIC));
+            let Step::Reply(r) = drive(&mut flow, &host, body) else {
+                panic!("{body}")
+            };
+            assert_eq!(r.status, status);
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(v["error"]["code"], code, "{body}");
+            assert_eq!(host.count_of(Counter::ParseError), 1);
+        }
+    }
+
+    #[test]
+    fn empty_body_at_headers_end_is_read() {
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(cfg(BASIC));
+        assert_eq!(flow.on_request_headers(true, &host), Step::ReadBody(0));
+        let Step::Reply(r) = flow.on_body(b"", &host) else {
+            panic!()
+        };
+        assert_eq!(r.status, 400);
+    }
+
+    #[test]
+    fn failure_mode_allow_and_deny() {
+        for (deny, grpc, body) in [
+            (false, 14, None),
+            (true, 14, None),
+            (false, 0, Some(&b"\xff\xff"[..])),
+            (true, 0, Some(&b""[..])),
+        ] {
+            let c = cfg(&format!(
+                r#"{{"domain":"mcp","rls_cluster":"r","failure_mode_deny":{deny}}}"#
+            ));
+            let host = MockHost::post_json();
+            let mut flow = Flow::new(c);
+            drive(&mut flow, &host, &call("a"));
+            flow.on_dispatched(3, &host);
+            let step = flow.on_rls_response(3, grpc, body, &host);
+            assert_eq!(host.count_of(Counter::Error), 1);
+            if deny {
+                let Step::Reply(r) = step else { panic!() };
+                assert_eq!(r.status, 503);
+                assert_eq!(
+                    r.body,
+                    r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"Rate limit service unavailable"}}"#
+                );
+                assert_eq!(host.count_of(Counter::FailureModeAllowed), 0);
+            } else {
+                assert_eq!(step, Step::Continue(vec![]));
+                assert_eq!(host.count_of(Counter::FailureModeAllowed), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn dispatch_failure_follows_the_failure_mode() {
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(cfg(BASIC));
+        drive(&mut flow, &host, &call("a"));
+        assert_eq!(flow.on_dispatch_failed(&host), Step::Continue(vec![]));
+        assert_eq!(host.count_of(Counter::FailureModeAllowed), 1);
+    }
+
+    #[test]
+    fn replies_with_another_token_are_ignored() {
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(cfg(BASIC));
+        drive(&mut flow, &host, &call("a"));
+        flow.on_dispatched(5, &host);
+        assert_eq!(
+            flow.on_rls_response(6, 0, Some(&reply_bytes(rls::CODE_OVER_LIMIT, 1)), &host),
+            Step::Pause
+        );
+        assert_eq!(flow.awaiting(), Some(5));
+        assert_eq!(host.count_of(Counter::OverLimit), 0);
+    }
+
+    #[test]
+    fn ok_reply_headers_reach_request_and_response() {
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(cfg(BASIC));
+        drive(&mut flow, &host, &call("a"));
+        flow.on_dispatched(1, &host);
+        let bytes = pb::RateLimitResponse {
+            overall_code: rls::CODE_OK,
+            response_headers_to_add: vec![pb::HeaderValue {
+                key: "x-ratelimit-remaining".into(),
+                value: "3".into(),
+                raw_value: vec![],
+            }],
+            request_headers_to_add: vec![pb::HeaderValue {
+                key: "x-rl".into(),
+                value: "ok".into(),
+                raw_value: vec![],
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(
+            flow.on_rls_response(1, 0, Some(&bytes), &host),
+            Step::Continue(vec![("x-rl".into(), "ok".into())])
+        );
+        assert_eq!(
+            flow.response_headers(),
+            vec![("x-ratelimit-remaining".to_owned(), "3".to_owned())]
+        );
+    }
+
+    #[test]
+    fn descriptor_sources() {
+        let c = cfg(r#"{"domain":"mcp","rls_cluster":"r","descriptors":[
+            [{"key":"user","header":"x-user"},{"key":"tool","mcp":"tool"}],
+            [{"key":"sub","metadata":{"namespace":"jwt","path":["payload","sub"]}}],
+            [{"key":"generic_key","value":"mcp"},{"key":"method","mcp":"method"}],
+            [{"key":"prompt","mcp":"prompt"}]
+        ]}"#);
+        let mut host = MockHost::post_json().with("x-user", "alice");
+        host.metadata
+            .insert("jwt/payload/sub".into(), b"u-1".to_vec());
+        let mut flow = Flow::new(c.clone());
+        let req = sent(&drive(&mut flow, &host, &call("search_docs")));
+        assert_eq!(
+            entries(&req),
+            vec![
+                vec![
+                    ("user".to_owned(), "alice".to_owned()),
+                    ("tool".to_owned(), "search_docs".to_owned())
+                ],
+                vec![("sub".to_owned(), "u-1".to_owned())],
+                vec![
+                    ("generic_key".to_owned(), "mcp".to_owned()),
+                    ("method".to_owned(), "tools/call".to_owned())
+                ],
+            ]
+        );
+        // Absent sources skip their descriptor only.
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(c);
+        let req = sent(&drive(
+            &mut flow,
+            &host,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        ));
+        assert_eq!(
+            entries(&req),
+            vec![vec![
+                ("generic_key".to_owned(), "mcp".to_owned()),
+                ("method".to_owned(), "tools/list".to_owned())
+            ]]
+        );
+    }
+
+    #[test]
+    fn non_utf8_header_values_still_count() {
+        let c = cfg(
+            r#"{"domain":"mcp","rls_cluster":"r","descriptors":[[{"key":"user","header":"x-user"}]]}"#,
+        );
+        let mut host = MockHost::post_json();
+        host.headers.insert("x-user".into(), vec![b'a', 0xff]);
+        let mut flow = Flow::new(c);
+        let req = sent(&drive(&mut flow, &host, &call("t")));
+        assert_eq!(
+            entries(&req),
+            vec![vec![("user".to_owned(), "a\u{fffd}".to_owned())]]
+        );
+    }
+
+    #[test]
+    fn batch_counts_each_call_in_one_request() {
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(cfg(BASIC));
+        let body = r#"[
+            {"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}},
+            {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"call_tool","arguments":{"tool_name":"a"}}},
+            {"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"b"}},
+            {"jsonrpc":"2.0","method":"notifications/progress"}
+        ]"#;
+        let req = sent(&drive(&mut flow, &host, body));
+        assert_eq!(req.descriptors.len(), 2);
+        assert_eq!(req.descriptors[0].entries[0].value, "a");
+        assert_eq!(
+            req.descriptors[0].hits_addend,
+            Some(pb::UInt64Value { value: 2 })
+        );
+        assert_eq!(req.descriptors[1].entries[0].value, "b");
+        assert_eq!(req.descriptors[1].hits_addend, None);
+        flow.on_dispatched(1, &host);
+        let Step::Reply(r) =
+            flow.on_rls_response(1, 0, Some(&reply_bytes(rls::CODE_OVER_LIMIT, 2)), &host)
+        else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let ids: Vec<_> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].clone())
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                serde_json::json!(1),
+                serde_json::json!(2),
+                serde_json::json!(3)
+            ]
+        );
+    }
+
+    #[test]
+    fn late_callbacks_after_a_reply_do_nothing() {
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(cfg(BASIC));
+        let Step::Reply(_) = drive(&mut flow, &host, "{") else {
+            panic!()
+        };
+        assert_eq!(flow.on_request_body(5, true, &host), Step::Pause);
+        assert_eq!(flow.on_request_trailers(), Step::Pause);
+        assert_eq!(flow.on_rls_response(1, 0, None, &host), Step::Pause);
+        assert_eq!(flow.response_headers(), vec![]);
+    }
+}

@@ -1,0 +1,15 @@
+//! mcp-ratelimit: a proxy-wasm HTTP filter that rate-limits MCP requests
+//! (per tool, prompt, resource, method, header or metadata) through Envoy's
+//! global rate-limit service.
+//!
+//! Everything but `host` is pure and tested natively; `host` is the one
+//! module that calls the proxy.
+
+pub mod config;
+pub mod flow;
+pub mod jsonrpc;
+pub mod reply;
+pub mod rls;
+
+#[cfg(target_arch = "wasm32")]
+mod host;

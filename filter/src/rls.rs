@@ -1,0 +1,522 @@
+//! The `envoy.service.ratelimit.v3` codec: a zero-copy encoder for
+//! `RateLimitRequest` and a decoder turning `RateLimitResponse` bytes into a
+//! verdict. Field numbers follow `envoy/service/ratelimit/v3/rls.proto` and
+//! `envoy/extensions/common/ratelimit/v3/ratelimit.proto`; the hand-declared
+//! prost messages below pin them (tests encode with both and compare).
+
+/// gRPC service and method of the rate-limit service.
+pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
+pub const METHOD: &str = "ShouldRateLimit";
+
+/// `RateLimitResponse.Code`.
+pub const CODE_OK: i32 = 1;
+pub const CODE_OVER_LIMIT: i32 = 2;
+
+/// One descriptor to send: its entries and how many hits it stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor<'a> {
+    pub entries: Vec<(&'a str, std::borrow::Cow<'a, str>)>,
+    /// Hits this descriptor counts (a batch of k identical calls gives k).
+    pub hits: u64,
+}
+
+/// Encodes field 1 (`domain`) of `RateLimitRequest`; done once per config.
+pub fn encode_domain(domain: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(domain.len() + 6);
+    put_bytes(&mut out, 1, domain.as_bytes());
+    out
+}
+
+/// Encodes a `RateLimitRequest` from the pre-encoded domain and the
+/// descriptors. Per-descriptor `hits_addend` is sent only when a descriptor
+/// stands for more than one hit; the request-level `hits_addend` is left at 0
+/// (which the service reads as 1).
+pub fn encode_request(encoded_domain: &[u8], descriptors: &[Descriptor<'_>]) -> Vec<u8> {
+    let mut size = encoded_domain.len();
+    for d in descriptors {
+        let n = descriptor_len(d);
+        size += 1 + varint_len(n as u64) + n;
+    }
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(encoded_domain);
+    for d in descriptors {
+        put_key(&mut out, 2, WIRE_LEN);
+        put_varint(&mut out, descriptor_len(d) as u64);
+        for (k, v) in &d.entries {
+            put_key(&mut out, 1, WIRE_LEN);
+            put_varint(&mut out, entry_len(k, v) as u64);
+            put_bytes(&mut out, 1, k.as_bytes());
+            put_bytes(&mut out, 2, v.as_bytes());
+        }
+        if d.hits != 1 {
+            // google.protobuf.UInt64Value { uint64 value = 1; }
+            put_key(&mut out, 3, WIRE_LEN);
+            put_varint(&mut out, 1 + varint_len(d.hits) as u64);
+            put_key(&mut out, 1, WIRE_VARINT);
+            put_varint(&mut out, d.hits);
+        }
+    }
+    out
+}
+
+const WIRE_VARINT: u8 = 0;
+const WIRE_LEN: u8 = 2;
+
+fn entry_len(k: &str, v: &str) -> usize {
+    field_len(k.len()) + field_len(v.len())
+}
+
+fn descriptor_len(d: &Descriptor<'_>) -> usize {
+    let mut n = 0;
+    for (k, v) in &d.entries {
+        let e = entry_len(k, v);
+        n += 1 + varint_len(e as u64) + e;
+    }
+    if d.hits != 1 {
+        let inner = 1 + varint_len(d.hits);
+        n += 1 + varint_len(inner as u64) + inner;
+    }
+    n
+}
+
+/// Size of a length-delimited field with a one-byte key; empty strings are
+/// omitted, as proto3 does.
+fn field_len(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        1 + varint_len(len as u64) + len
+    }
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_key(out: &mut Vec<u8>, field: u8, wire: u8) {
+    out.push((field << 3) | wire);
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    put_key(out, field, WIRE_LEN);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Hand-declared RLS v3 messages (the subset the filter reads or tests).
+pub mod pb {
+    /// `envoy.service.ratelimit.v3.RateLimitRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RateLimitRequest {
+        #[prost(string, tag = "1")]
+        pub domain: String,
+        #[prost(message, repeated, tag = "2")]
+        pub descriptors: Vec<RateLimitDescriptor>,
+        #[prost(uint32, tag = "3")]
+        pub hits_addend: u32,
+    }
+
+    /// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RateLimitDescriptor {
+        #[prost(message, repeated, tag = "1")]
+        pub entries: Vec<Entry>,
+        #[prost(message, optional, tag = "3")]
+        pub hits_addend: Option<UInt64Value>,
+    }
+
+    /// `RateLimitDescriptor.Entry`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Entry {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+
+    /// `google.protobuf.UInt64Value`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct UInt64Value {
+        #[prost(uint64, tag = "1")]
+        pub value: u64,
+    }
+
+    /// `envoy.service.ratelimit.v3.RateLimitResponse` (fields 5-7 skipped).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RateLimitResponse {
+        #[prost(int32, tag = "1")]
+        pub overall_code: i32,
+        #[prost(message, repeated, tag = "2")]
+        pub statuses: Vec<DescriptorStatus>,
+        #[prost(message, repeated, tag = "3")]
+        pub response_headers_to_add: Vec<HeaderValue>,
+        #[prost(message, repeated, tag = "4")]
+        pub request_headers_to_add: Vec<HeaderValue>,
+    }
+
+    /// `RateLimitResponse.DescriptorStatus`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DescriptorStatus {
+        #[prost(int32, tag = "1")]
+        pub code: i32,
+        #[prost(message, optional, tag = "2")]
+        pub current_limit: Option<RateLimit>,
+        #[prost(uint32, tag = "3")]
+        pub limit_remaining: u32,
+        #[prost(message, optional, tag = "4")]
+        pub duration_until_reset: Option<Duration>,
+    }
+
+    /// `RateLimitResponse.RateLimit`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RateLimit {
+        #[prost(uint32, tag = "1")]
+        pub requests_per_unit: u32,
+        #[prost(int32, tag = "2")]
+        pub unit: i32,
+        #[prost(string, tag = "3")]
+        pub name: String,
+    }
+
+    /// `google.protobuf.Duration`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Duration {
+        #[prost(int64, tag = "1")]
+        pub seconds: i64,
+        #[prost(int32, tag = "2")]
+        pub nanos: i32,
+    }
+
+    /// `envoy.config.core.v3.HeaderValue`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct HeaderValue {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+        #[prost(bytes = "vec", tag = "3")]
+        pub raw_value: Vec<u8>,
+    }
+}
+
+/// Headers carried by an RLS reply.
+pub type Headers = Vec<(String, String)>;
+
+/// What the rate-limit service decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within limits: headers to add to the upstream request and to the
+    /// response.
+    Ok {
+        request_headers: Headers,
+        response_headers: Headers,
+    },
+    /// Over a limit: seconds until the longest over-limit window resets
+    /// (at least 1) and headers for the denial.
+    OverLimit {
+        retry_after: u64,
+        response_headers: Headers,
+    },
+}
+
+/// Why an RLS reply could not be used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RlsError {
+    /// Non-zero gRPC status (14 for unreachable or timed out).
+    Grpc(u32),
+    /// The reply body was missing or not a `RateLimitResponse`.
+    Undecodable,
+    /// `overall_code` was UNKNOWN or out of range.
+    UnknownCode(i32),
+}
+
+/// Turns a reply body into a verdict.
+pub fn decode_response(bytes: &[u8]) -> Result<Verdict, RlsError> {
+    use prost::Message;
+    let resp = pb::RateLimitResponse::decode(bytes).map_err(|_| RlsError::Undecodable)?;
+    match resp.overall_code {
+        CODE_OK => Ok(Verdict::Ok {
+            request_headers: headers(resp.request_headers_to_add),
+            response_headers: headers(resp.response_headers_to_add),
+        }),
+        CODE_OVER_LIMIT => {
+            let longest = resp
+                .statuses
+                .iter()
+                .filter(|s| s.code == CODE_OVER_LIMIT)
+                .filter_map(|s| s.duration_until_reset.as_ref())
+                .map(ceil_seconds)
+                .max()
+                .unwrap_or(0);
+            Ok(Verdict::OverLimit {
+                retry_after: longest.max(1),
+                response_headers: headers(resp.response_headers_to_add),
+            })
+        }
+        other => Err(RlsError::UnknownCode(other)),
+    }
+}
+
+fn ceil_seconds(d: &pb::Duration) -> u64 {
+    let s = u64::try_from(d.seconds).unwrap_or(0);
+    if d.nanos > 0 {
+        s.saturating_add(1)
+    } else {
+        s
+    }
+}
+
+/// Keeps only headers that are safe to hand to the host: a token name and a
+/// value without control characters (`raw_value` when `value` is empty).
+fn headers(list: Vec<pb::HeaderValue>) -> Headers {
+    let mut out = Vec::with_capacity(list.len());
+    for h in list {
+        let value = if h.value.is_empty() {
+            match String::from_utf8(h.raw_value) {
+                Ok(v) => v,
+                Err(_) => continue,
+            }
+        } else {
+            h.value
+        };
+        let name_ok = !h.key.is_empty()
+            && h.key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        let value_ok = value
+            .bytes()
+            .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+        if name_ok && value_ok {
+            out.push((h.key.to_ascii_lowercase(), value));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    use super::*;
+    use prost::Message;
+    use std::borrow::Cow;
+
+    fn desc<'a>(entries: &[(&'a str, &'a str)], hits: u64) -> Descriptor<'a> {
+        Descriptor {
+            entries: entries
+                .iter()
+                .map(|(k, v)| (*k, Cow::Borrowed(*v)))
+                .collect(),
+            hits,
+        }
+    }
+
+    fn reference(domain: &str, ds: &[Descriptor<'_>]) -> Vec<u8> {
+        pb::RateLimitRequest {
+            domain: domain.into(),
+            descriptors: ds
+                .iter()
+                .map(|d| pb::RateLimitDescriptor {
+                    entries: d
+                        .entries
+                        .iter()
+                        .map(|(k, v)| pb::Entry {
+                            key: (*k).into(),
+                            value: v.to_string(),
+                        })
+                        .collect(),
+                    hits_addend: (d.hits != 1).then_some(pb::UInt64Value { value: d.hits }),
+                })
+                .collect(),
+            hits_addend: 0,
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn encoder_matches_prost() {
+        let long = "x".repeat(300);
+        let cases: Vec<Vec<Descriptor<'_>>> = vec![
+            vec![desc(&[("tool", "search_docs")], 1)],
+            vec![
+                desc(&[("user", "alice"), ("tool", "search_docs")], 1),
+                desc(&[("generic_key", "mcp")], 1),
+            ],
+            vec![
+                desc(&[("tool", "a")], 3),
+                desc(&[("tool", &long)], 1_000_000),
+            ],
+            vec![desc(&[("k", "")], 1)],
+            vec![],
+        ];
+        for ds in &cases {
+            let domain = encode_domain("mcp");
+            assert_eq!(encode_request(&domain, ds), reference("mcp", ds), "{ds:?}");
+        }
+    }
+
+    #[test]
+    fn encoding_is_pinned() {
+        // domain "mcp", one descriptor {tool: t}: bytes written out by hand
+        // from the .proto field numbers.
+        let got = encode_request(&encode_domain("mcp"), &[desc(&[("tool", "t")], 1)]);
+        let want = [
+            0x0a, 3, b'm', b'c', b'p', // 1: domain
+            0x12, 11, // 2: descriptors
+            0x0a, 9, // 1: entries
+            0x0a, 4, b't', b'o', b'o', b'l', // 1: key
+            0x12, 1, b't', // 2: value
+        ];
+        assert_eq!(got, want);
+        let got = encode_request(&encode_domain("d"), &[desc(&[("k", "v")], 2)]);
+        let decoded = pb::RateLimitRequest::decode(got.as_slice()).unwrap();
+        assert_eq!(
+            decoded.descriptors[0].hits_addend,
+            Some(pb::UInt64Value { value: 2 })
+        );
+    }
+
+    fn status(code: i32, secs: i64, nanos: i32) -> pb::DescriptorStatus {
+        pb::DescriptorStatus {
+            code,
+            current_limit: Some(pb::RateLimit {
+                requests_per_unit: 5,
+                unit: 2,
+                name: String::new(),
+            }),
+            limit_remaining: 0,
+            duration_until_reset: Some(pb::Duration {
+                seconds: secs,
+                nanos,
+            }),
+        }
+    }
+
+    fn hv(k: &str, v: &str) -> pb::HeaderValue {
+        pb::HeaderValue {
+            key: k.into(),
+            value: v.into(),
+            raw_value: vec![],
+        }
+    }
+
+    #[test]
+    fn ok_reply() {
+        let bytes = pb::RateLimitResponse {
+            overall_code: CODE_OK,
+            statuses: vec![status(CODE_OK, 10, 0)],
+            response_headers_to_add: vec![hv("X-RateLimit-Remaining", "4")],
+            request_headers_to_add: vec![hv("x-checked", "yes")],
+        }
+        .encode_to_vec();
+        assert_eq!(
+            decode_response(&bytes),
+            Ok(Verdict::Ok {
+                request_headers: vec![("x-checked".into(), "yes".into())],
+                response_headers: vec![("x-ratelimit-remaining".into(), "4".into())],
+            })
+        );
+    }
+
+    #[test]
+    fn over_limit_retry_after_is_the_longest_over_limit_reset_rounded_up() {
+        let bytes = pb::RateLimitResponse {
+            overall_code: CODE_OVER_LIMIT,
+            statuses: vec![
+                status(CODE_OVER_LIMIT, 12, 1),
+                status(CODE_OK, 3000, 0),
+                status(CODE_OVER_LIMIT, 7, 0),
+            ],
+            response_headers_to_add: vec![
+                hv("x-a", "1"),
+                hv("bad name", "x"),
+                hv("x-b", "line\r\nbreak"),
+            ],
+            request_headers_to_add: vec![],
+        }
+        .encode_to_vec();
+        assert_eq!(
+            decode_response(&bytes),
+            Ok(Verdict::OverLimit {
+                retry_after: 13,
+                response_headers: vec![("x-a".into(), "1".into())],
+            })
+        );
+    }
+
+    #[test]
+    fn retry_after_is_at_least_one() {
+        for statuses in [
+            vec![],
+            vec![status(CODE_OVER_LIMIT, 0, 0)],
+            vec![status(CODE_OVER_LIMIT, -5, 0)],
+        ] {
+            let bytes = pb::RateLimitResponse {
+                overall_code: CODE_OVER_LIMIT,
+                statuses,
+                ..Default::default()
+            }
+            .encode_to_vec();
+            assert!(matches!(
+                decode_response(&bytes),
+                Ok(Verdict::OverLimit { retry_after: 1, .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn raw_value_headers() {
+        let bytes = pb::RateLimitResponse {
+            overall_code: CODE_OVER_LIMIT,
+            response_headers_to_add: vec![pb::HeaderValue {
+                key: "x-raw".into(),
+                value: String::new(),
+                raw_value: b"7".to_vec(),
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let Ok(Verdict::OverLimit {
+            response_headers, ..
+        }) = decode_response(&bytes)
+        else {
+            panic!()
+        };
+        assert_eq!(response_headers, vec![("x-raw".to_owned(), "7".to_owned())]);
+    }
+
+    #[test]
+    fn unusable_replies_are_errors() {
+        assert_eq!(decode_response(&[]), Err(RlsError::UnknownCode(0)));
+        assert_eq!(
+            decode_response(&[0xff, 0xff, 0xff]),
+            Err(RlsError::Undecodable)
+        );
+        let bytes = pb::RateLimitResponse {
+            overall_code: 9,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(decode_response(&bytes), Err(RlsError::UnknownCode(9)));
+    }
+}
