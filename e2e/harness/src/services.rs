@@ -1,0 +1,246 @@
+//! The helper services of the e2e tests: `mcp-upstream` and `dev-rls`.
+//!
+//! Both bind port 0 themselves and print the address they got, so no port
+//! is ever raced for.
+
+use crate::http::{Request, Response};
+use crate::paths::Paths;
+use crate::proc::{test_dir, Proc};
+use crate::{Context, Error, Result};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+/// How long a service may take to print its address.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Parses the address after `prefix` in `line` (first word after it).
+fn addr_after(line: &str, prefix: &str) -> Result<SocketAddr> {
+    let rest = line
+        .split_once(prefix)
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let word = rest.split_whitespace().next().unwrap_or_default();
+    word.parse()
+        .context(|| format!("cannot parse an address from {line:?}"))
+}
+
+fn ok_json(resp: Result<Response>, what: &str) -> Result<Value> {
+    let resp = resp?;
+    if resp.status != 200 {
+        return Err(Error::new(format!(
+            "{what} answered {}: {}",
+            resp.status,
+            resp.text()
+        )));
+    }
+    resp.try_json()
+}
+
+/// A running `mcp-upstream` (see its binary's docs); stopped on drop.
+pub struct McpUpstream {
+    proc: Proc,
+    addr: SocketAddr,
+}
+
+impl McpUpstream {
+    /// Starts the binary found by [`Paths::mcp_upstream`].
+    pub fn start() -> Result<McpUpstream> {
+        Self::start_bin(Paths::discover().mcp_upstream()?)
+    }
+
+    /// Starts this binary on 127.0.0.1, port 0, and waits for its address.
+    pub fn start_bin(bin: impl AsRef<Path>) -> Result<McpUpstream> {
+        let mut cmd = Command::new(bin.as_ref());
+        cmd.arg("--listen").arg("127.0.0.1:0");
+        let mut proc = Proc::spawn("mcp-upstream", &mut cmd)?;
+        const PREFIX: &str = "mcp-upstream listening on ";
+        let line = proc.wait_for_line(PREFIX, START_TIMEOUT)?;
+        let addr = addr_after(&line, PREFIX)?;
+        Ok(McpUpstream { proc, addr })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `GET /__upstream/stats`: `{"requests", "calls", "methods", "last_headers", "last_body"}`.
+    pub fn stats(&self) -> Result<Value> {
+        ok_json(
+            Request::get("/__upstream/stats").send(self.addr),
+            "mcp-upstream stats",
+        )
+    }
+
+    /// How many `tools/call` reached it for `tool` (0 if none).
+    pub fn calls(&self, tool: &str) -> Result<u64> {
+        let stats = self.stats()?;
+        let n = stats.get("calls").and_then(|c| c.get(tool));
+        Ok(n.and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    /// How many MCP POSTs it received completely.
+    pub fn requests(&self) -> Result<u64> {
+        let stats = self.stats()?;
+        Ok(stats.get("requests").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    /// `POST /__upstream/reset`.
+    pub fn reset(&self) -> Result<()> {
+        ok_json(
+            Request::post("/__upstream/reset").send(self.addr),
+            "mcp-upstream reset",
+        )
+        .map(drop)
+    }
+
+    /// Its stderr and stdout.
+    pub fn logs(&self) -> String {
+        self.proc.logs()
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Stops it now (also done on drop).
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        self.proc.stop()
+    }
+
+    /// The underlying process guard.
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+}
+
+/// A running `dev-rls` rate-limit service (gRPC) with its admin interface;
+/// stopped on drop.
+pub struct DevRls {
+    proc: Proc,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    config_paths: Vec<PathBuf>,
+}
+
+impl DevRls {
+    /// Writes each config text (envoyproxy/ratelimit YAML) to a file in the
+    /// process's temp dir and starts the binary found by [`Paths::dev_rls`].
+    pub fn start(configs: &[&str]) -> Result<DevRls> {
+        let bin = Paths::discover().dev_rls()?;
+        let dir = test_dir("dev-rls")?;
+        let mut paths = Vec::new();
+        for (i, text) in configs.iter().enumerate() {
+            let path = dir.path().join(format!("rls-config-{i}.yaml"));
+            std::fs::write(&path, text).context(|| format!("cannot write {}", path.display()))?;
+            paths.push(path);
+        }
+        Self::launch(&bin, dir, paths)
+    }
+
+    /// Starts the binary found by [`Paths::dev_rls`] with these config files.
+    pub fn start_files(configs: &[PathBuf]) -> Result<DevRls> {
+        let bin = Paths::discover().dev_rls()?;
+        Self::launch(&bin, test_dir("dev-rls")?, configs.to_vec())
+    }
+
+    fn launch(bin: &Path, dir: tempfile::TempDir, configs: Vec<PathBuf>) -> Result<DevRls> {
+        let mut cmd = Command::new(bin);
+        for c in &configs {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--admin")
+            .arg("127.0.0.1:0");
+        let mut proc = Proc::spawn_in(dir, "dev-rls", &mut cmd)?;
+        const LISTEN: &str = "dev-rls listening on ";
+        const ADMIN: &str = "dev-rls admin on ";
+        let addr = addr_after(&proc.wait_for_line(LISTEN, START_TIMEOUT)?, LISTEN)?;
+        let admin = addr_after(&proc.wait_for_line(ADMIN, START_TIMEOUT)?, ADMIN)?;
+        Ok(DevRls {
+            proc,
+            addr,
+            admin,
+            config_paths: configs,
+        })
+    }
+
+    /// The gRPC address (for the Envoy cluster).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The gRPC port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The config files it runs with.
+    pub fn config_paths(&self) -> &[PathBuf] {
+        &self.config_paths
+    }
+
+    /// Admin `GET /stats`, as JSON.
+    pub fn stats(&self) -> Result<Value> {
+        ok_json(Request::get("/stats").send(self.admin), "dev-rls /stats")
+    }
+
+    /// `calls` of admin `/stats` when it is a number.
+    pub fn calls(&self) -> Result<u64> {
+        let stats = self.stats()?;
+        stats
+            .get("calls")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| Error::new(format!("dev-rls /stats has no numeric `calls`: {stats}")))
+    }
+
+    /// Its stderr and stdout.
+    pub fn logs(&self) -> String {
+        self.proc.logs()
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Stops it now, e.g. to test the filter's behaviour without a rate-limit
+    /// service (also done on drop).
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        self.proc.stop()
+    }
+
+    /// The underlying process guard (e.g. [`Proc::pause`] to make it hang).
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_addresses() {
+        let a = addr_after("mcp-upstream listening on 127.0.0.1:4321", "listening on ").unwrap();
+        assert_eq!(a.port(), 4321);
+        let a = addr_after("dev-rls admin on 127.0.0.1:99 (http)", "admin on ").unwrap();
+        assert_eq!(a.port(), 99);
+        assert!(addr_after("nothing", "listening on ").is_err());
+    }
+}
