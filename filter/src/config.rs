@@ -97,23 +97,50 @@ impl std::error::Error for ConfigError {}
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    #[serde(deserialize_with = "de_domain")]
     domain: String,
+    #[serde(deserialize_with = "de_rls_cluster")]
     rls_cluster: String,
-    #[serde(default = "default_timeout")]
+    #[serde(default = "default_timeout", deserialize_with = "de_timeout_ms")]
     timeout_ms: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_failure_mode_deny")]
     failure_mode_deny: bool,
-    #[serde(default = "default_max_body")]
+    #[serde(default = "default_max_body", deserialize_with = "de_max_body_bytes")]
     max_body_bytes: usize,
-    #[serde(default = "default_true")]
+    #[serde(default = "default_true", deserialize_with = "de_hold_headers")]
     hold_headers: bool,
-    #[serde(default = "default_meta_tools")]
+    #[serde(default = "default_meta_tools", deserialize_with = "de_meta_tools")]
     meta_tools: Vec<String>,
+    #[serde(default, deserialize_with = "de_descriptors")]
     descriptors: Option<Vec<Vec<RawEntry>>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_over_limit")]
     over_limit: RawReply,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_rls_failure")]
     rls_failure: RawReply,
+}
+
+/// Defines a field deserializer whose errors start with the field's name
+/// (serde's own messages do not say which field a type error is in).
+macro_rules! named {
+    ($($fn:ident: $ty:ty = $name:literal;)*) => {$(
+        fn $fn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+            <$ty as Deserialize>::deserialize(d)
+                .map_err(|e| <D::Error as serde::de::Error>::custom(format_args!(concat!("`", $name, "`: {}"), e)))
+        }
+    )*};
+}
+
+named! {
+    de_domain: String = "domain";
+    de_rls_cluster: String = "rls_cluster";
+    de_timeout_ms: u64 = "timeout_ms";
+    de_failure_mode_deny: bool = "failure_mode_deny";
+    de_max_body_bytes: usize = "max_body_bytes";
+    de_hold_headers: bool = "hold_headers";
+    de_meta_tools: Vec<String> = "meta_tools";
+    de_descriptors: Option<Vec<Vec<RawEntry>>> = "descriptors";
+    de_over_limit: RawReply = "over_limit";
+    de_rls_failure: RawReply = "rls_failure";
 }
 
 fn default_timeout() -> u64 {
@@ -157,16 +184,8 @@ struct RawReply {
 impl Config {
     /// Parses and validates the plugin configuration (JSON).
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                ConfigError(e.into_inner().to_string())
-            } else {
-                ConfigError(format!("`{path}`: {}", e.into_inner()))
-            }
-        })?;
-        de.end().map_err(|e| ConfigError(e.to_string()))?;
+        let raw: RawConfig =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError(e.to_string()))?;
         let err = |m: &str| Err(ConfigError(m.to_owned()));
         if raw.domain.is_empty() {
             return err("`domain` must not be empty");
