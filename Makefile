@@ -24,7 +24,7 @@ export DEV_RLS_BIN := $(abspath target/release/dev-rls)
 export MCP_UPSTREAM_BIN := $(abspath target/release/mcp-upstream)
 export MCP_RATELIMIT_WASM := $(abspath $(WASM))
 
-.PHONY: help deps build wasm bins lint unit artifact e2e test run clean
+.PHONY: help deps build wasm bins lint unit artifact e2e demo test run clean
 
 help:
 	@echo "make run    - build, start Envoy + dev-rls + an MCP server locally, show a limit being hit"
@@ -92,7 +92,13 @@ artifact: wasm
 e2e: build
 	cargo test --locked -p e2e -- --test-threads 2
 
-test: lint unit artifact e2e
+# `make run` itself, non-interactively: the demo must show the denial.
+demo: build
+	scripts/run.sh --once | tee target/run-demo.txt
+	grep -q '"error":{"code":429,"message":"Rate limit exceeded"' target/run-demo.txt
+	@echo "demo: the limit was hit"
+
+test: lint unit artifact e2e demo
 
 ## Local demo --------------------------------------------------------------
 

@@ -668,6 +668,9 @@ impl<'de> DeserializeSeed<'de> for RawSeed {
     }
 }
 
+// Lives on the stack for one parse; boxing the single case would cost an
+// allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Top<'a> {
     Single(Envelope<'a>),
     Batch(Vec<Envelope<'a>>),
