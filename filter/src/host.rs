@@ -69,6 +69,13 @@ impl RootContext for Root {
                     cfg.timeout_ms,
                     cfg.failure_mode_deny
                 );
+                if cfg.hold_headers {
+                    log::info!(
+                        "mcp-ratelimit holds request headers while it reads the body: the Wasm filter \
+                         config must set allow_on_headers_stop_iteration: true (or set hold_headers: \
+                         false and add envoy.filters.http.buffer after this filter)"
+                    );
+                }
                 self.config = Some(Rc::new(cfg));
                 self.metrics = Rc::new(Metrics::define());
                 true
@@ -81,7 +88,12 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let cfg = self.config.clone()?;
+        // The SDK panics on None. Envoy does not create streams for a plugin
+        // whose configuration was refused; should one come anyway, refuse
+        // its requests rather than let them through unchecked.
+        let Some(cfg) = self.config.clone() else {
+            return Some(Box::new(Unconfigured));
+        };
         Some(Box::new(Stream {
             id: context_id,
             flow: Flow::new(cfg.clone()),
@@ -155,9 +167,13 @@ impl Stream {
                 }
                 Step::Pause => return Action::Pause,
                 Step::ReadBody(size) => {
-                    let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
-                        Ok(Some(b)) => b,
-                        _ => Vec::new(),
+                    let body = if size == 0 {
+                        Vec::new()
+                    } else {
+                        match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
+                            Ok(Some(b)) => b,
+                            _ => Vec::new(),
+                        }
                     };
                     self.flow.on_body(&body, &self.env)
                 }
@@ -264,6 +280,23 @@ impl HttpContext for Stream {
             let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &k, &v);
         }
         Action::Continue
+    }
+}
+
+/// A stream of a plugin without a valid configuration.
+struct Unconfigured;
+
+impl Context for Unconfigured {}
+
+impl HttpContext for Unconfigured {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let body = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Rate limiting is not configured"}}"#;
+        let _ = hostcalls::send_http_response(
+            503,
+            vec![("content-type", "application/json")],
+            Some(body),
+        );
+        Action::Pause
     }
 }
 

@@ -223,8 +223,23 @@ impl Proc {
 
     /// Freezes the process (SIGSTOP), e.g. to make a service unresponsive
     /// without closing its sockets.
+    /// Returns once every thread of the process is stopped, so that nothing
+    /// sent afterwards is answered.
     pub fn pause(&mut self) -> Result<()> {
-        self.signal(libc::SIGSTOP)
+        self.signal(libc::SIGSTOP)?;
+        let tasks = format!("/proc/{}/task", self.pid());
+        crate::wait_for("process stopped", Duration::from_secs(5), || {
+            let all_stopped = std::fs::read_dir(&tasks).ok()?.all(|t| {
+                t.ok()
+                    .and_then(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+                    .and_then(|stat| {
+                        stat.rsplit_once(')')
+                            .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+                    })
+                    .is_some_and(|state| state == "T" || state == "t")
+            });
+            all_stopped.then_some(())
+        })
     }
 
     /// Undoes [`Proc::pause`] (SIGCONT).

@@ -40,8 +40,9 @@ fn with_plugin(yaml: &str, plugin: &str) -> String {
             .find(END)
             .expect("end of plugin configuration block")
         + END.len();
+    let one_line = plugin.replace('\n', " ");
     format!(
-        "{}                    {plugin}\n{}",
+        "{}                    {one_line}\n{}",
         &yaml[..from],
         &yaml[to..]
     )
@@ -186,23 +187,46 @@ fn limit_is_enforced_per_tool_with_a_json_rpc_429() {
     // The upstream saw the three allowed calls and nothing of the fourth.
     assert_eq!(s.up.calls("search_docs").unwrap(), 3);
     assert_eq!(s.up.requests().unwrap(), 3);
+    // A notification is counted too; its denial has no id.
+    let note = r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"search_docs"}}"#;
+    assert_denied(&s.post(note), Value::Null);
+    assert!(!s.post(note).text().contains("\"id\""));
     // Another tool has its own bucket.
     let resp = s.call(5, "get_weather");
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(s.up.calls("get_weather").unwrap(), 1);
     // What the service was asked, and the counters.
     let sent = s.rls_requests();
-    assert_eq!(sent.len(), 5);
+    assert_eq!(sent.len(), 7);
     assert_eq!(sent[0]["domain"], "mcp");
     assert_eq!(
         sent[3]["descriptors"],
         json!([{"entries": [{"key": "tool", "value": "search_docs"}], "hits_addend": null}])
     );
-    assert_eq!(s.stat("checked"), 5);
+    assert_eq!(s.stat("checked"), 7);
     assert_eq!(s.stat("ok"), 4);
-    assert_eq!(s.stat("over_limit"), 1);
+    assert_eq!(s.stat("over_limit"), 3);
     assert_eq!(s.stat("error"), 0);
-    assert_eq!(s.envoy.stat("http.mcp.downstream_rq_4xx"), 1);
+    assert_eq!(s.envoy.stat("http.mcp.downstream_rq_4xx"), 3);
+}
+
+#[test]
+fn denial_status_code_and_message_are_configurable() {
+    let s = Stack::start(
+        r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,
+            "over_limit":{"http_status":200,"code":-32023,"message":"Too many calls"}}"#,
+    );
+    for i in 1..=3 {
+        assert_eq!(s.call(i, "search_docs").status, 200);
+    }
+    let resp = s.call(4, "search_docs");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let retry: u64 = resp.header("retry-after").unwrap().parse().unwrap();
+    assert_eq!(
+        resp.json(),
+        json!({"jsonrpc":"2.0","id":4,"error":{"code":-32023,"message":"Too many calls","data":{"retryAfterSeconds":retry}}})
+    );
+    assert_eq!(s.up.requests().unwrap(), 3);
 }
 
 #[test]
@@ -442,6 +466,9 @@ fn bad_bodies_get_json_rpc_errors_and_never_reach_the_upstream() {
     assert_eq!(resp.status, 400);
     assert_eq!(resp.json()["error"]["code"], -32700);
     assert_eq!(resp.json()["id"], Value::Null);
+    let resp = s.post("");
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert_eq!(resp.json()["error"]["code"], -32700);
     let resp =
         s.post(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"arguments":{}}}"#);
     assert_eq!(resp.status, 400);
@@ -467,7 +494,7 @@ fn bad_bodies_get_json_rpc_errors_and_never_reach_the_upstream() {
     assert_eq!(resp.status, 413, "{resp:?}");
     assert_eq!(s.up.requests().unwrap(), 0);
     assert_eq!(s.rls.calls().unwrap(), 0);
-    assert_eq!(s.stat("parse_error"), 3);
+    assert_eq!(s.stat("parse_error"), 4);
     assert_eq!(s.stat("body_too_large"), 2);
     // The filter keeps serving.
     assert_eq!(s.call(10, "search_docs").status, 200);
@@ -521,8 +548,7 @@ descriptors:
 "#;
     let plugin = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"descriptors":[
         [{"key":"user","header":"x-user"},{"key":"tool","mcp":"tool"}],
-        [{"key":"tenant","metadata":{"namespace":"tenants","path":["id"]}}]]}"#
-        .replace('\n', " ");
+        [{"key":"tenant","metadata":{"namespace":"tenants","path":["id"]}}]]}"#;
     // header_to_metadata moves x-tenant into dynamic metadata (and removes
     // the header) before the wasm filter runs.
     let h2m = r#"          http_filters:
