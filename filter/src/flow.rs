@@ -416,12 +416,6 @@ fn external_value<'a>(source: &Source, host: &impl Host) -> Option<Cow<'a, str>>
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use crate::rls::pb;
     use prost::Message;

@@ -702,12 +702,6 @@ impl<'de> Visitor<'de> for TopVisitor {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
 
     const META: &[&str] = &["call_tool"];

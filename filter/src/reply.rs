@@ -154,12 +154,6 @@ pub fn too_large(max: usize) -> LocalReply {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
 
     fn cfg() -> Reply {

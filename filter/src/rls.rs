@@ -311,12 +311,6 @@ fn headers(list: Vec<pb::HeaderValue>) -> Headers {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use prost::Message;
     use std::borrow::Cow;
