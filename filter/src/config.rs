@@ -26,6 +26,16 @@ pub struct Config {
     /// PluginConfig's `allow_on_headers_stop_iteration: true`).
     pub hold_headers: bool,
     pub meta_tools: Vec<String>,
+    /// Check `Mcp-Method`, `Mcp-Name`, `Mcp-Param-*` and
+    /// `MCP-Protocol-Version` against the body (MCP 2026-07-28).
+    pub validate_mcp_headers: bool,
+    /// Judge MCP 2026-07-28 requests by their routing headers alone,
+    /// without buffering the body.
+    pub header_fast_path: bool,
+    /// `Mcp-Param-*` headers the filter knows the meaning of.
+    pub param_headers: Vec<ParamHeader>,
+    /// `param_headers[i].argument`, for the parser.
+    pub argument_keys: Vec<String>,
     pub descriptors: Vec<Vec<Entry>>,
     pub over_limit: Reply,
     pub rls_failure: Reply,
@@ -70,6 +80,20 @@ pub enum McpField {
     Prompt,
     /// The URI of a `resources/read`.
     Resource,
+    /// The `Mcp-Session-Id` header (protocol versions up to 2025-11-25).
+    SessionId,
+    /// The `MCP-Protocol-Version` header.
+    ProtocolVersion,
+}
+
+/// An `Mcp-Param-{Name}` header that mirrors a top-level argument of a tool
+/// (the argument whose input schema carries `x-mcp-header: {Name}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamHeader {
+    pub tool: String,
+    pub argument: String,
+    /// The full header name, lowercase (`mcp-param-{name}`).
+    pub header: String,
 }
 
 /// The local reply sent for a denial.
@@ -111,6 +135,12 @@ struct RawConfig {
     hold_headers: bool,
     #[serde(default = "default_meta_tools", deserialize_with = "de_meta_tools")]
     meta_tools: Vec<String>,
+    #[serde(default = "default_true", deserialize_with = "de_validate_mcp_headers")]
+    validate_mcp_headers: bool,
+    #[serde(default, deserialize_with = "de_header_fast_path")]
+    header_fast_path: bool,
+    #[serde(default, deserialize_with = "de_param_headers")]
+    param_headers: Vec<RawParamHeader>,
     #[serde(default, deserialize_with = "de_descriptors")]
     descriptors: Option<Vec<Vec<RawEntry>>>,
     #[serde(default, deserialize_with = "de_over_limit")]
@@ -138,6 +168,9 @@ named! {
     de_max_body_bytes: usize = "max_body_bytes";
     de_hold_headers: bool = "hold_headers";
     de_meta_tools: Vec<String> = "meta_tools";
+    de_validate_mcp_headers: bool = "validate_mcp_headers";
+    de_header_fast_path: bool = "header_fast_path";
+    de_param_headers: Vec<RawParamHeader> = "param_headers";
     de_descriptors: Option<Vec<Vec<RawEntry>>> = "descriptors";
     de_over_limit: RawReply = "over_limit";
     de_rls_failure: RawReply = "rls_failure";
@@ -155,6 +188,17 @@ fn default_max_body() -> usize {
 fn default_meta_tools() -> Vec<String> {
     vec!["call_tool".to_owned()]
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParamHeader {
+    tool: String,
+    argument: String,
+    header: String,
+}
+
+/// Most `Mcp-Param-*` mappings accepted.
+const MAX_PARAM_HEADERS: usize = 32;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,6 +253,44 @@ impl Config {
         if raw.meta_tools.iter().any(String::is_empty) {
             return err("`meta_tools` must not contain an empty name");
         }
+        if raw.param_headers.len() > MAX_PARAM_HEADERS {
+            return Err(ConfigError(format!(
+                "`param_headers` may have at most {MAX_PARAM_HEADERS} entries"
+            )));
+        }
+        let mut param_headers: Vec<ParamHeader> = Vec::with_capacity(raw.param_headers.len());
+        for (i, p) in raw.param_headers.into_iter().enumerate() {
+            if p.tool.is_empty() || p.argument.is_empty() {
+                return Err(ConfigError(format!(
+                    "`param_headers[{i}]` needs a non-empty `tool` and `argument`"
+                )));
+            }
+            let name = p.header.strip_prefix("Mcp-Param-").unwrap_or(&p.header);
+            if name.is_empty() || !name.bytes().all(is_header_name_byte) {
+                return Err(ConfigError(format!(
+                    "`param_headers[{i}].header` must be the x-mcp-header name (a header token, e.g. \"Region\")"
+                )));
+            }
+            let header = format!("mcp-param-{}", name.to_ascii_lowercase());
+            if param_headers
+                .iter()
+                .any(|q| q.tool == p.tool && (q.header == header || q.argument == p.argument))
+            {
+                return Err(ConfigError(format!(
+                    "`param_headers[{i}]` repeats a header or argument of tool {:?}",
+                    p.tool
+                )));
+            }
+            param_headers.push(ParamHeader {
+                tool: p.tool,
+                argument: p.argument,
+                header,
+            });
+        }
+        if raw.header_fast_path && !raw.validate_mcp_headers {
+            return err("`header_fast_path` needs `validate_mcp_headers` (requests that fall back to the body must still be checked)");
+        }
+        let argument_keys = param_headers.iter().map(|p| p.argument.clone()).collect();
         let descriptors = match raw.descriptors {
             None => vec![vec![Entry {
                 key: "tool".to_owned(),
@@ -259,12 +341,34 @@ impl Config {
             max_body_bytes: raw.max_body_bytes,
             hold_headers: raw.hold_headers,
             meta_tools: raw.meta_tools,
+            validate_mcp_headers: raw.validate_mcp_headers,
+            header_fast_path: raw.header_fast_path,
+            param_headers,
+            argument_keys,
             descriptors,
             over_limit,
             rls_failure,
             headers_used,
             encoded_domain,
         })
+    }
+}
+
+impl Config {
+    /// What the body parser needs.
+    pub fn spec(&self) -> crate::jsonrpc::Spec<'_> {
+        crate::jsonrpc::Spec {
+            meta_tools: &self.meta_tools,
+            params: &self.param_headers,
+            argument_keys: &self.argument_keys,
+        }
+    }
+
+    /// The mapping whose header carries a meta-tool's inner tool name.
+    pub fn inner_tool_header(&self, meta_tool: &str) -> Option<usize> {
+        self.param_headers
+            .iter()
+            .position(|p| p.tool == meta_tool && p.argument == "tool_name")
     }
 }
 
@@ -385,6 +489,9 @@ mod tests {
         assert!(!c.failure_mode_deny);
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert!(c.hold_headers);
+        assert!(c.validate_mcp_headers);
+        assert!(!c.header_fast_path);
+        assert!(c.param_headers.is_empty());
         assert_eq!(c.meta_tools, vec!["call_tool"]);
         assert_eq!(
             c.descriptors,
@@ -546,6 +653,28 @@ mod tests {
             );
             assert!(msg.starts_with("invalid plugin configuration: "), "{msg}");
         }
+    }
+
+    #[test]
+    fn param_headers_and_fast_path() {
+        let c = parse(
+            r#"{"domain":"d","rls_cluster":"r","header_fast_path":true,
+                "param_headers":[{"tool":"call_tool","argument":"tool_name","header":"ToolName"},
+                                 {"tool":"query","argument":"tenant","header":"Mcp-Param-TenantId"}],
+                "descriptors":[[{"key":"session","mcp":"session_id"}],[{"key":"v","mcp":"protocol_version"}]]}"#,
+        )
+        .unwrap();
+        assert!(c.header_fast_path);
+        assert_eq!(c.param_headers[0].header, "mcp-param-toolname");
+        assert_eq!(c.param_headers[1].header, "mcp-param-tenantid");
+        assert_eq!(c.argument_keys, vec!["tool_name", "tenant"]);
+        assert_eq!(c.inner_tool_header("call_tool"), Some(0));
+        assert_eq!(c.inner_tool_header("query"), None);
+        assert_eq!(c.descriptors[0][0].source, Source::Mcp(McpField::SessionId));
+        assert_eq!(
+            c.descriptors[1][0].source,
+            Source::Mcp(McpField::ProtocolVersion)
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use crate::config::{Config, McpField, Source};
 use crate::jsonrpc::{self, Body, ParseError, Target};
+use crate::mcp_headers::{self, McpHeaders};
 use crate::reply::{self, Ids, LocalReply};
 use crate::rls::{self, Descriptor, Headers, RlsError, Verdict};
 
@@ -38,11 +39,15 @@ pub enum Counter {
     BodyTooLarge,
     /// Bodies refused as not JSON or not acceptable JSON-RPC.
     ParseError,
+    /// Requests refused because MCP headers and body disagree (-32020).
+    HeaderMismatch,
+    /// Requests judged by their MCP 2026-07-28 headers alone.
+    FastPath,
 }
 
 impl Counter {
     /// Every counter, in a fixed order (their index in [`Counter::ALL`]).
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 10] = [
         Counter::Inspected,
         Counter::Checked,
         Counter::Ok,
@@ -51,6 +56,8 @@ impl Counter {
         Counter::FailureModeAllowed,
         Counter::BodyTooLarge,
         Counter::ParseError,
+        Counter::HeaderMismatch,
+        Counter::FastPath,
     ];
 
     /// The stat name.
@@ -64,6 +71,8 @@ impl Counter {
             Counter::FailureModeAllowed => "mcp_ratelimit.failure_mode_allowed",
             Counter::BodyTooLarge => "mcp_ratelimit.body_too_large",
             Counter::ParseError => "mcp_ratelimit.parse_error",
+            Counter::HeaderMismatch => "mcp_ratelimit.header_mismatch",
+            Counter::FastPath => "mcp_ratelimit.fast_path",
         }
     }
 }
@@ -101,20 +110,35 @@ enum State {
     Passthrough,
     /// Waiting for the end of the body.
     Buffering { size: usize },
-    /// Body parsed, descriptors sent; waiting for the token.
-    Dispatching { ids: Ids },
+    /// Descriptors sent; waiting for the token. `ids` is `None` on the
+    /// header fast path, where the body has not been read.
+    Dispatching { ids: Option<Ids> },
     /// Waiting for the service's reply to `token`.
-    AwaitingRls { token: u32, ids: Ids },
+    AwaitingRls { token: u32, ids: Option<Ids> },
+    /// Denied on the fast path: waiting for the body, to answer with its id.
+    Denying { reply: Pending },
     /// Let through; headers to add to the response.
     Allowed { response_headers: Headers },
     /// Answered locally.
     Responded,
 }
 
+/// A denial decided before the request's ids are known.
+#[derive(Debug, PartialEq, Eq)]
+enum Pending {
+    OverLimit { retry_after: u64, headers: Headers },
+    Failure,
+}
+
 /// One request's journey through the filter.
 pub struct Flow {
     cfg: Rc<Config>,
     state: State,
+    /// The MCP headers, read with the request headers.
+    mcp: McpHeaders,
+    /// Body bytes buffered so far, and whether the body has ended.
+    body_size: usize,
+    body_done: bool,
 }
 
 impl Flow {
@@ -122,6 +146,9 @@ impl Flow {
         Flow {
             cfg,
             state: State::Start,
+            mcp: McpHeaders::default(),
+            body_size: 0,
+            body_done: false,
         }
     }
 
@@ -134,6 +161,28 @@ impl Flow {
         if !(is_post && is_json) {
             self.state = State::Passthrough;
             return Step::go();
+        }
+        self.body_done = end_of_stream;
+        if self.cfg.validate_mcp_headers || self.cfg.header_fast_path {
+            self.mcp = McpHeaders {
+                protocol_version: host.request_header(mcp_headers::PROTOCOL_VERSION),
+                session_id: None,
+                method: host.request_header(mcp_headers::METHOD),
+                name: host.request_header(mcp_headers::NAME),
+                params: self
+                    .cfg
+                    .param_headers
+                    .iter()
+                    .map(|p| host.request_header(&p.header))
+                    .collect(),
+            };
+            // A request without a body is not a valid MCP message: leave it
+            // to the body path, which refuses it.
+            if self.cfg.header_fast_path && !end_of_stream {
+                if let Some(step) = self.fast_path(host) {
+                    return step;
+                }
+            }
         }
         if let Some(len) = host.request_header("content-length") {
             let declared = std::str::from_utf8(&len)
@@ -155,8 +204,62 @@ impl Flow {
         }
     }
 
+    /// Judges an MCP 2026-07-28 request by its routing headers, when they
+    /// name everything the descriptors need; `None` falls back to the body.
+    fn fast_path(&mut self, host: &impl Host) -> Option<Step> {
+        if !self.mcp.is_modern() {
+            return None;
+        }
+        let method = mcp_headers::decode_value(self.mcp.method.as_deref()?).ok()?;
+        let name = match &self.mcp.name {
+            Some(raw) => Some(mcp_headers::decode_value(raw).ok()?),
+            None => None,
+        };
+        let target = match method.as_ref() {
+            "tools/call" => {
+                let name = name.clone()?;
+                if self.cfg.meta_tools.iter().any(|m| *m == name) {
+                    let slot = self.cfg.inner_tool_header(&name)?;
+                    let inner = self.mcp.params.get(slot)?.as_deref()?;
+                    let inner = mcp_headers::decode_value(inner).ok()?;
+                    if inner.is_empty() {
+                        return None;
+                    }
+                    Some(Target::Tool(Cow::Owned(inner.into_owned())))
+                } else {
+                    Some(Target::Tool(name))
+                }
+            }
+            "prompts/get" => Some(Target::Prompt(name.clone()?)),
+            "resources/read" => Some(Target::Resource(name.clone()?)),
+            _ => None,
+        };
+        let req = jsonrpc::Request::from_headers(method, name, target);
+        host.count(Counter::FastPath);
+        let body = Body::Single(req);
+        let descriptors = build_descriptors(&self.cfg, &body, &self.mcp, host);
+        if descriptors.is_empty() {
+            self.state = State::Allowed {
+                response_headers: Vec::new(),
+            };
+            return Some(Step::go());
+        }
+        let payload = rls::encode_request(&self.cfg.encoded_domain, &descriptors);
+        self.state = State::Dispatching { ids: None };
+        Some(Step::Dispatch(payload))
+    }
+
     /// A body chunk arrived; `size` is the total buffered so far.
     pub fn on_request_body(&mut self, size: usize, end_of_stream: bool, host: &impl Host) -> Step {
+        self.body_size = size;
+        self.body_done |= end_of_stream;
+        if let State::Denying { .. } = self.state {
+            return if end_of_stream {
+                Step::ReadBody(size)
+            } else {
+                Step::Pause
+            };
+        }
         match self.state {
             State::Buffering { .. } => {
                 if size > self.cfg.max_body_bytes {
@@ -170,14 +273,19 @@ impl Flow {
                 }
             }
             State::Passthrough | State::Allowed { .. } | State::Start => Step::go(),
-            State::Dispatching { .. } | State::AwaitingRls { .. } | State::Responded => Step::Pause,
+            State::Dispatching { .. }
+            | State::AwaitingRls { .. }
+            | State::Denying { .. }
+            | State::Responded => Step::Pause,
         }
     }
 
     /// Request trailers arrived: they end the body.
     pub fn on_request_trailers(&mut self) -> Step {
+        self.body_done = true;
         match self.state {
             State::Buffering { size } => Step::ReadBody(size),
+            State::Denying { .. } => Step::ReadBody(self.body_size),
             State::Passthrough | State::Allowed { .. } | State::Start => Step::go(),
             State::Dispatching { .. } | State::AwaitingRls { .. } | State::Responded => Step::Pause,
         }
@@ -185,13 +293,18 @@ impl Flow {
 
     /// The whole body, as asked for by [`Step::ReadBody`].
     pub fn on_body(&mut self, body: &[u8], host: &impl Host) -> Step {
-        if !matches!(self.state, State::Buffering { .. }) {
-            return Step::Pause;
+        match std::mem::replace(&mut self.state, State::Responded) {
+            State::Buffering { .. } => {}
+            State::Denying { reply } => return Step::Reply(self.pending_reply(reply, body)),
+            other => {
+                self.state = other;
+                return Step::Pause;
+            }
         }
         if body.len() > self.cfg.max_body_bytes {
             return self.reply_too_large(host);
         }
-        let parsed = match jsonrpc::parse(body, &self.cfg.meta_tools) {
+        let parsed = match jsonrpc::parse(body, &self.cfg.spec()) {
             Ok(parsed) => parsed,
             Err(e) => {
                 host.count(Counter::ParseError);
@@ -211,7 +324,25 @@ impl Flow {
             }
         };
         host.count(Counter::Inspected);
-        let descriptors = build_descriptors(&self.cfg, &parsed, host);
+        if self.cfg.validate_mcp_headers {
+            if let Err(m) = mcp_headers::check(&self.mcp, &parsed, &self.cfg.param_headers) {
+                host.count(Counter::HeaderMismatch);
+                let id = match &parsed {
+                    Body::Single(r) => r.id.map(|i| i.get()),
+                    Body::Batch(_) => None,
+                };
+                return Step::Reply(reply::header_mismatch(id, m.reason));
+            }
+        }
+        if matches!(parsed, Body::Batch(_)) && !self.mcp.allows_batches() {
+            host.count(Counter::ParseError);
+            return Step::Reply(reply::bad_request(
+                reply::INVALID_REQUEST,
+                None,
+                "JSON-RPC batches are not allowed in this MCP protocol version",
+            ));
+        }
+        let descriptors = build_descriptors(&self.cfg, &parsed, &self.mcp, host);
         if descriptors.is_empty() {
             self.state = State::Allowed {
                 response_headers: Vec::new(),
@@ -227,8 +358,39 @@ impl Flow {
                     .collect(),
             ),
         };
-        self.state = State::Dispatching { ids };
+        self.state = State::Dispatching { ids: Some(ids) };
         Step::Dispatch(payload)
+    }
+
+    /// Builds a denial decided on the fast path, reading the ids from the
+    /// body (best effort: a body that does not parse gets none).
+    fn pending_reply(&self, pending: Pending, body: &[u8]) -> LocalReply {
+        let ids = match jsonrpc::parse(body, &self.cfg.spec()) {
+            Ok(Body::Single(r)) => Ids::Single(r.id.map(|i| i.get().into())),
+            Ok(Body::Batch(list)) => Ids::Batch(
+                list.iter()
+                    .filter_map(|r| r.id.map(|i| i.get().into()))
+                    .collect(),
+            ),
+            Err(_) => Ids::Single(None),
+        };
+        match pending {
+            Pending::OverLimit {
+                retry_after,
+                headers,
+            } => reply::over_limit(&self.cfg.over_limit, &ids, retry_after, headers),
+            Pending::Failure => reply::rls_failure(&self.cfg.rls_failure, &ids),
+        }
+    }
+
+    /// Answers with `pending` once the body's ids can be read.
+    fn deny_later(&mut self, reply: Pending) -> Step {
+        self.state = State::Denying { reply };
+        if self.body_done {
+            Step::ReadBody(self.body_size)
+        } else {
+            Step::Pause
+        }
     }
 
     /// The call was dispatched; its reply will carry `token`.
@@ -286,12 +448,18 @@ impl Flow {
                 response_headers,
             }) => {
                 host.count(Counter::OverLimit);
-                Step::Reply(reply::over_limit(
-                    &self.cfg.over_limit,
-                    &ids,
-                    retry_after,
-                    response_headers,
-                ))
+                match ids {
+                    Some(ids) => Step::Reply(reply::over_limit(
+                        &self.cfg.over_limit,
+                        &ids,
+                        retry_after,
+                        response_headers,
+                    )),
+                    None => self.deny_later(Pending::OverLimit {
+                        retry_after,
+                        headers: response_headers,
+                    }),
+                }
             }
             Err(e) => {
                 log::debug!("rate-limit service error: {e:?}");
@@ -308,6 +476,11 @@ impl Flow {
         }
     }
 
+    /// Whether the filter has answered the request itself.
+    pub fn replied(&self) -> bool {
+        self.state == State::Responded
+    }
+
     /// Whether the request is waiting for the rate-limit service.
     pub fn awaiting(&self) -> Option<u32> {
         match self.state {
@@ -316,11 +489,14 @@ impl Flow {
         }
     }
 
-    fn failed(&mut self, ids: Ids, host: &impl Host) -> Step {
+    fn failed(&mut self, ids: Option<Ids>, host: &impl Host) -> Step {
         host.count(Counter::Error);
         if self.cfg.failure_mode_deny {
             self.state = State::Responded;
-            Step::Reply(reply::rls_failure(&self.cfg.rls_failure, &ids))
+            match ids {
+                Some(ids) => Step::Reply(reply::rls_failure(&self.cfg.rls_failure, &ids)),
+                None => self.deny_later(Pending::Failure),
+            }
         } else {
             host.count(Counter::FailureModeAllowed);
             self.state = State::Allowed {
@@ -354,6 +530,7 @@ pub fn is_json(content_type: &[u8]) -> bool {
 fn build_descriptors<'a>(
     cfg: &'a Config,
     body: &'a Body<'a>,
+    mcp: &McpHeaders,
     host: &impl Host,
 ) -> Vec<Descriptor<'a>> {
     let mut out: Vec<Descriptor<'a>> = Vec::new();
@@ -366,6 +543,11 @@ fn build_descriptors<'a>(
             for (j, e) in d.iter().enumerate() {
                 let value: Option<Cow<'a, str>> = match &e.source {
                     Source::Literal(v) => Some(Cow::Borrowed(v.as_str())),
+                    Source::Mcp(McpField::SessionId) => header_value(mcp_headers::SESSION_ID, host),
+                    Source::Mcp(McpField::ProtocolVersion) => match &mcp.protocol_version {
+                        Some(v) => Some(Cow::Owned(String::from_utf8_lossy(v).into_owned())),
+                        None => header_value(mcp_headers::PROTOCOL_VERSION, host),
+                    },
                     Source::Mcp(field) => mcp_value(*field, req),
                     Source::Header(_) | Source::Metadata { .. } => {
                         match fetched.iter().find(|(a, b, _)| *a == i && *b == j) {
@@ -401,6 +583,11 @@ fn mcp_value<'a>(field: McpField, req: &'a jsonrpc::Request<'a>) -> Option<Cow<'
         (McpField::Resource, Some(Target::Resource(r))) => borrow(r),
         _ => None,
     }
+}
+
+fn header_value<'a>(name: &str, host: &impl Host) -> Option<Cow<'a, str>> {
+    let bytes = host.request_header(name)?;
+    Some(Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 fn external_value<'a>(source: &Source, host: &impl Host) -> Option<Cow<'a, str>> {
@@ -919,5 +1106,240 @@ mod tests {
         assert_eq!(flow.on_request_trailers(), Step::Pause);
         assert_eq!(flow.on_rls_response(1, 0, None, &host), Step::Pause);
         assert_eq!(flow.response_headers(), vec![]);
+    }
+
+    const MODERN: &str = "2026-07-28";
+
+    fn modern_call(host: MockHost, tool: &str) -> MockHost {
+        host.with("mcp-protocol-version", MODERN)
+            .with("mcp-method", "tools/call")
+            .with("mcp-name", tool)
+    }
+
+    #[test]
+    fn header_body_mismatch_is_refused_before_the_service() {
+        let cases = [
+            MockHost::post_json().with("mcp-method", "tools/list"),
+            MockHost::post_json().with("mcp-name", "get_weather"),
+            MockHost::post_json().with("mcp-name", "=?base64?not base64?="),
+            MockHost::post_json()
+                .with("mcp-protocol-version", MODERN)
+                .with("mcp-method", "tools/call"),
+        ];
+        for host in cases {
+            let mut flow = Flow::new(cfg(BASIC));
+            let Step::Reply(r) = drive(&mut flow, &host, &call("search_docs")) else {
+                panic!("{:?}", host.headers)
+            };
+            assert_eq!(r.status, 400);
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(v["error"]["code"], -32020);
+            assert_eq!(v["id"], 1);
+            assert_eq!(host.count_of(Counter::HeaderMismatch), 1);
+            assert_eq!(host.count_of(Counter::Checked), 0);
+        }
+    }
+
+    #[test]
+    fn matching_headers_are_fine_and_validation_can_be_turned_off() {
+        let host = modern_call(MockHost::post_json(), "search_docs");
+        let mut flow = Flow::new(cfg(BASIC));
+        assert!(matches!(
+            drive(&mut flow, &host, &call("search_docs")),
+            Step::Dispatch(_)
+        ));
+        let host = MockHost::post_json().with("mcp-name", "other");
+        let mut flow = Flow::new(cfg(
+            r#"{"domain":"mcp","rls_cluster":"r","validate_mcp_headers":false}"#,
+        ));
+        assert!(matches!(
+            drive(&mut flow, &host, &call("search_docs")),
+            Step::Dispatch(_)
+        ));
+    }
+
+    #[test]
+    fn batches_follow_the_protocol_version() {
+        let batch = format!("[{}]", call("a"));
+        for (version, allowed) in [
+            (None, true),
+            (Some("2025-03-26"), true),
+            (Some("2025-06-18"), false),
+            (Some("2025-11-25"), false),
+        ] {
+            let mut host = MockHost::post_json();
+            if let Some(v) = version {
+                host = host.with("mcp-protocol-version", v);
+            }
+            let mut flow = Flow::new(cfg(BASIC));
+            let step = drive(&mut flow, &host, &batch);
+            assert_eq!(
+                matches!(step, Step::Dispatch(_)),
+                allowed,
+                "{version:?}: {step:?}"
+            );
+        }
+    }
+
+    const FAST: &str = r#"{"domain":"mcp","rls_cluster":"r","max_body_bytes":64,"header_fast_path":true,
+        "param_headers":[{"tool":"call_tool","argument":"tool_name","header":"ToolName"}]}"#;
+
+    #[test]
+    fn fast_path_calls_the_service_from_the_headers() {
+        let host =
+            modern_call(MockHost::post_json(), "search_docs").with("content-length", "100000");
+        let mut flow = Flow::new(cfg(FAST));
+        let step = flow.on_request_headers(false, &host);
+        assert_eq!(
+            entries(&sent(&step)),
+            vec![vec![("tool".to_owned(), "search_docs".to_owned())]]
+        );
+        assert_eq!(host.count_of(Counter::FastPath), 1);
+        flow.on_dispatched(4, &host);
+        // The body is held, never read, while the service decides...
+        assert_eq!(flow.on_request_body(50_000, false, &host), Step::Pause);
+        let ok = reply_bytes(rls::CODE_OK, 0);
+        assert_eq!(
+            flow.on_rls_response(4, 0, Some(&ok), &host),
+            Step::Continue(vec![])
+        );
+        // ...and then flows, whatever its size.
+        assert_eq!(
+            flow.on_request_body(100_000, true, &host),
+            Step::Continue(vec![])
+        );
+        assert_eq!(host.count_of(Counter::Inspected), 0);
+        assert_eq!(host.count_of(Counter::BodyTooLarge), 0);
+    }
+
+    #[test]
+    fn fast_path_unwraps_the_meta_tool_from_its_param_header() {
+        let host = modern_call(MockHost::post_json(), "call_tool")
+            .with("mcp-param-toolname", "get_weather");
+        let mut flow = Flow::new(cfg(FAST));
+        let step = flow.on_request_headers(false, &host);
+        assert_eq!(
+            entries(&sent(&step)),
+            vec![vec![("tool".to_owned(), "get_weather".to_owned())]]
+        );
+    }
+
+    #[test]
+    fn fast_path_falls_back_to_the_body() {
+        let cases = [
+            // Meta-tool without the header carrying its inner tool.
+            modern_call(MockHost::post_json(), "call_tool"),
+            // Older protocol version: headers are not validated upstream.
+            MockHost::post_json()
+                .with("mcp-protocol-version", "2025-11-25")
+                .with("mcp-method", "tools/call")
+                .with("mcp-name", "a"),
+            // No routing headers.
+            MockHost::post_json().with("mcp-protocol-version", MODERN),
+            // tools/call without Mcp-Name.
+            MockHost::post_json()
+                .with("mcp-protocol-version", MODERN)
+                .with("mcp-method", "tools/call"),
+        ];
+        for host in cases {
+            let mut flow = Flow::new(cfg(FAST));
+            assert_eq!(
+                flow.on_request_headers(false, &host),
+                Step::Pause,
+                "{:?}",
+                host.headers
+            );
+            assert_eq!(host.count_of(Counter::FastPath), 0);
+        }
+        // Disabled by default.
+        let host = modern_call(MockHost::post_json(), "search_docs");
+        let mut flow = Flow::new(cfg(BASIC));
+        assert_eq!(flow.on_request_headers(false, &host), Step::Pause);
+    }
+
+    #[test]
+    fn fast_path_without_descriptors_passes_at_once() {
+        let host = MockHost::post_json()
+            .with("mcp-protocol-version", MODERN)
+            .with("mcp-method", "tools/list");
+        let mut flow = Flow::new(cfg(FAST));
+        assert_eq!(
+            flow.on_request_headers(false, &host),
+            Step::Continue(vec![])
+        );
+        assert_eq!(
+            flow.on_request_body(10, true, &host),
+            Step::Continue(vec![])
+        );
+    }
+
+    #[test]
+    fn fast_path_denial_answers_with_the_body_id() {
+        let body =
+            r#"{"jsonrpc":"2.0","id":"abc","method":"tools/call","params":{"name":"search_docs"}}"#;
+        let over = reply_bytes(rls::CODE_OVER_LIMIT, 9);
+        // The verdict comes before the end of the body...
+        let host = modern_call(MockHost::post_json(), "search_docs");
+        let mut flow = Flow::new(cfg(FAST));
+        assert!(matches!(
+            flow.on_request_headers(false, &host),
+            Step::Dispatch(_)
+        ));
+        flow.on_dispatched(1, &host);
+        assert_eq!(flow.on_request_body(10, false, &host), Step::Pause);
+        assert_eq!(flow.on_rls_response(1, 0, Some(&over), &host), Step::Pause);
+        assert_eq!(
+            flow.on_request_body(body.len(), true, &host),
+            Step::ReadBody(body.len())
+        );
+        let Step::Reply(r) = flow.on_body(body.as_bytes(), &host) else {
+            panic!()
+        };
+        assert_eq!(r.status, 429);
+        assert!(r.body.contains(r#""id":"abc""#), "{}", r.body);
+        // ...or after it.
+        let mut flow = Flow::new(cfg(FAST));
+        flow.on_request_headers(false, &host);
+        flow.on_dispatched(2, &host);
+        assert_eq!(flow.on_request_body(body.len(), true, &host), Step::Pause);
+        assert_eq!(
+            flow.on_rls_response(2, 0, Some(&over), &host),
+            Step::ReadBody(body.len())
+        );
+        let Step::Reply(r) = flow.on_body(body.as_bytes(), &host) else {
+            panic!()
+        };
+        assert!(r.body.contains(r#""id":"abc""#), "{}", r.body);
+        // Trailers end the body too.
+        let mut flow = Flow::new(cfg(FAST));
+        flow.on_request_headers(false, &host);
+        flow.on_dispatched(3, &host);
+        flow.on_rls_response(3, 0, Some(&over), &host);
+        assert_eq!(flow.on_request_trailers(), Step::ReadBody(0));
+    }
+
+    #[test]
+    fn session_and_protocol_version_descriptors() {
+        let c = cfg(r#"{"domain":"mcp","rls_cluster":"r","descriptors":[
+            [{"key":"session","mcp":"session_id"},{"key":"tool","mcp":"tool"}],
+            [{"key":"version","mcp":"protocol_version"}]]}"#);
+        let host = MockHost::post_json()
+            .with("mcp-session-id", "s-1")
+            .with("mcp-protocol-version", "2025-06-18");
+        let mut flow = Flow::new(c.clone());
+        let req = sent(&drive(&mut flow, &host, &call("t")));
+        assert_eq!(
+            entries(&req),
+            vec![
+                vec![
+                    ("session".to_owned(), "s-1".to_owned()),
+                    ("tool".to_owned(), "t".to_owned())
+                ],
+                vec![("version".to_owned(), "2025-06-18".to_owned())],
+            ]
+        );
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(c);
+        assert_eq!(drive(&mut flow, &host, &call("t")), Step::Continue(vec![]));
     }
 }

@@ -255,12 +255,23 @@ impl Context for Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let step = self.flow.on_request_headers(end_of_stream, &self.env);
-        match step {
+        let action = match step {
             // Keep the headers from the upstream until the body is judged;
             // this needs `allow_on_headers_stop_iteration: true`.
             Step::Pause => Action::Pause,
             other => self.run(other, Site::Callback),
+        };
+        if action == Action::Pause
+            && !self.cfg.hold_headers
+            && !end_of_stream
+            && !self.flow.replied()
+        {
+            // Waiting on the fast path without holding the headers: the body
+            // callbacks hold the request, and a buffer filter after this one
+            // keeps the headers from the upstream.
+            return Action::Continue;
         }
+        action
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

@@ -15,6 +15,8 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::config::ParamHeader;
+
 /// What a request body resolves to.
 #[derive(Debug)]
 pub enum Body<'a> {
@@ -41,8 +43,38 @@ pub struct Request<'a> {
     pub id: Option<&'a RawValue>,
     /// `method`; `None` for a JSON-RPC response sent by the client.
     pub method: Option<Cow<'a, str>>,
+    /// `params.name` (`tools/call`, `prompts/get`) or `params.uri`
+    /// (`resources/read`) as sent: what `Mcp-Name` mirrors.
+    pub name: Option<Cow<'a, str>>,
     /// The resolved target of the call, if the method has one.
     pub target: Option<Target<'a>>,
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]`.
+    pub meta_protocol_version: Option<Cow<'a, str>>,
+    /// Arguments kept for `Mcp-Param-*` checks, by mapping.
+    kept: Vec<Option<&'a RawValue>>,
+}
+
+impl<'a> Request<'a> {
+    /// A request known from its MCP routing headers only.
+    pub fn from_headers(
+        method: Cow<'a, str>,
+        name: Option<Cow<'a, str>>,
+        target: Option<Target<'a>>,
+    ) -> Self {
+        Request {
+            id: None,
+            method: Some(method),
+            name,
+            target,
+            meta_protocol_version: None,
+            kept: Vec::new(),
+        }
+    }
+
+    /// The JSON text of the argument of configured mapping `i`, if given.
+    pub fn argument(&self, i: usize) -> Option<&'a RawValue> {
+        self.kept.get(i).copied().flatten()
+    }
 }
 
 /// The object a method acts on.
@@ -73,14 +105,22 @@ pub enum ParseError<'a> {
     },
 }
 
-/// Parses `body`; `meta_tools` are the tool names whose real target is an
-/// argument (`call_tool` of tool-optimizer gateways).
-pub fn parse<'a, S: AsRef<str>>(
-    body: &'a [u8],
-    meta_tools: &[S],
-) -> Result<Body<'a>, ParseError<'a>> {
+/// What the parser needs from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec<'s> {
+    /// Tool names whose real target is an argument (`call_tool` of
+    /// tool-optimizer gateways).
+    pub meta_tools: &'s [String],
+    /// Configured `Mcp-Param-*` mappings: arguments to keep, by tool.
+    pub params: &'s [ParamHeader],
+    /// The argument of each mapping (`params[i].argument`).
+    pub argument_keys: &'s [String],
+}
+
+/// Parses `body`.
+pub fn parse<'a>(body: &'a [u8], spec: &Spec<'_>) -> Result<Body<'a>, ParseError<'a>> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let top = match de.deserialize_any(TopVisitor) {
+    let top = match de.deserialize_any(TopSeed(spec)) {
         Ok(top) => top,
         Err(_) => return Err(ParseError::Syntax),
     };
@@ -88,7 +128,7 @@ pub fn parse<'a, S: AsRef<str>>(
         return Err(ParseError::Syntax);
     }
     match top {
-        Top::Single(env) => env.resolve(meta_tools).map(Body::Single),
+        Top::Single(env) => env.resolve(spec).map(Body::Single),
         Top::Batch(envs) => {
             if envs.is_empty() {
                 return Err(ParseError::InvalidRequest {
@@ -98,7 +138,7 @@ pub fn parse<'a, S: AsRef<str>>(
             }
             let mut out = Vec::with_capacity(envs.len());
             for env in envs {
-                out.push(env.resolve(meta_tools)?);
+                out.push(env.resolve(spec)?);
             }
             Ok(Body::Batch(out))
         }
@@ -165,13 +205,13 @@ fn classify(key: &str, names: &[&'static str]) -> Member {
 }
 
 /// True when a case-insensitive decoder (Go's `strings.EqualFold` rules)
-/// would take `key` for the lowercase ASCII `name`.
+/// would take `key` for the ASCII `name`.
 fn folds_to(key: &str, name: &str) -> bool {
     // Each char of `name` is one byte; a folding char is at most 3 bytes.
-    if key.len() < name.len() || key.len() > name.len() * 3 {
+    if !name.is_ascii() || key.len() < name.len() || key.len() > name.len() * 3 {
         return false;
     }
-    let mut want = name.bytes();
+    let mut want = name.bytes().map(|b| b.to_ascii_lowercase());
     for c in key.chars() {
         let folded = match c {
             '\u{017F}' => b's', // LATIN SMALL LETTER LONG S
@@ -188,7 +228,7 @@ fn folds_to(key: &str, name: &str) -> bool {
 
 /// Records which members of one object level were seen and the first flaw.
 struct Seen {
-    mask: u32,
+    mask: u64,
     flaw: Option<Flaw>,
 }
 
@@ -202,7 +242,7 @@ impl Seen {
 
     /// Returns true if the member is seen for the first time.
     fn first(&mut self, index: usize, name: &'static str) -> bool {
-        let bit = 1u32 << index;
+        let bit = 1u64 << index;
         if self.mask & bit != 0 {
             self.flaw.get_or_insert(Flaw::Duplicate(name));
             return false;
@@ -223,15 +263,6 @@ enum Field<'a> {
     Absent,
     Str(Cow<'a, str>),
     NotStr,
-}
-
-impl<'a> Field<'a> {
-    fn non_empty(&self) -> Option<&Cow<'a, str>> {
-        match self {
-            Field::Str(s) if !s.is_empty() => Some(s),
-            _ => None,
-        }
-    }
 }
 
 /// Implements the scalar `visit_*` methods of a visitor that accepts any JSON
@@ -296,6 +327,14 @@ impl<'de> de::Deserialize<'de> for Field<'de> {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// The value of a JSON string literal (`"..."`, escapes decoded).
+pub fn json_string(json: &str) -> Option<Cow<'_, str>> {
+    match serde_json::from_str::<Field<'_>>(json) {
+        Ok(Field::Str(s)) => Some(s),
+        _ => None,
     }
 }
 
@@ -392,53 +431,148 @@ impl<'de> de::Deserialize<'de> for Parameters<'de> {
     }
 }
 
-/// `params.arguments`, of which only meta-tool calls need anything.
+/// Argument values kept for `Mcp-Param-*` checks: one slot per configured
+/// mapping, with a flag when the member was given twice or ambiguously.
+#[derive(Debug, Default)]
+struct Kept<'a> {
+    values: Vec<Option<&'a RawValue>>,
+    flawed: u64,
+}
+
+/// `params.arguments`: the meta-tool's inner name, and the arguments that
+/// `Mcp-Param-*` headers mirror.
 #[derive(Debug, Default)]
 struct Arguments<'a> {
     tool_name: Field<'a>,
     parameters: Parameters<'a>,
+    kept: Kept<'a>,
     flaw: Option<Flaw>,
 }
 
-impl<'de> de::Deserialize<'de> for Arguments<'de> {
+struct ArgumentsSeed<'s>(&'s Spec<'s>);
+
+impl<'de> DeserializeSeed<'de> for ArgumentsSeed<'_> {
+    type Value = Arguments<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ArgumentsSeed<'_> {
+    type Value = Arguments<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    scalars_are!(Arguments::default());
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Arguments::default())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        skip_seq(seq)?;
+        Ok(Arguments::default())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let keys = self.0.argument_keys;
+        let mut out = Arguments {
+            kept: Kept {
+                values: vec![None; keys.len()],
+                flawed: 0,
+            },
+            ..Arguments::default()
+        };
+        let mut seen = Seen::new();
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            // Arguments mirrored into headers (rarely configured) are kept
+            // as JSON text.
+            let mut kept: Option<&'de RawValue> = None;
+            if !keys.is_empty() {
+                let mut exact = false;
+                for (i, k) in keys.iter().enumerate() {
+                    if *k == key {
+                        exact = true;
+                    } else if folds_to(&key, k) {
+                        out.kept.flawed |= 1 << i;
+                    }
+                }
+                if exact {
+                    let v = map.next_value::<&'de RawValue>()?;
+                    kept = Some(v);
+                    for (i, k) in keys.iter().enumerate() {
+                        if *k == key {
+                            match out.kept.values.get_mut(i) {
+                                Some(slot @ None) => *slot = Some(v),
+                                _ => out.kept.flawed |= 1 << i,
+                            }
+                        }
+                    }
+                }
+            }
+            match classify(&key, &["tool_name", "parameters"]) {
+                Member::Known(0) => {
+                    let v = match kept {
+                        Some(raw) => serde_json::from_str::<Field<'de>>(raw.get())
+                            .map_err(de::Error::custom)?,
+                        None => map.next_value::<Field<'de>>()?,
+                    };
+                    if seen.first(0, "tool_name") {
+                        out.tool_name = v;
+                    }
+                }
+                Member::Known(_) if kept.is_none() => {
+                    let v = map.next_value::<Parameters<'de>>()?;
+                    if seen.first(1, "parameters") {
+                        out.parameters = v;
+                    }
+                }
+                Member::Ambiguous(name) => {
+                    seen.ambiguous(name);
+                    if kept.is_none() {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                _ => {
+                    if kept.is_none() {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+        }
+        out.flaw = seen.flaw.or(out.parameters.flaw);
+        Ok(out)
+    }
+}
+
+/// `params._meta`: only the protocol version of MCP 2026-07-28 requests.
+#[derive(Debug, Default)]
+struct Meta<'a> {
+    protocol_version: Field<'a>,
+}
+
+impl<'de> de::Deserialize<'de> for Meta<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Arguments<'de>;
+            type Value = Meta<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            scalars_are!(Arguments::default());
+            scalars_are!(Meta::default());
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Arguments::default())
+                Ok(Meta::default())
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
                 skip_seq(seq)?;
-                Ok(Arguments::default())
+                Ok(Meta::default())
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Arguments::default();
-                let mut seen = Seen::new();
-                walk_members(
-                    map,
-                    &["tool_name", "parameters"],
-                    &mut seen,
-                    |i, first, map| {
-                        if i == 0 {
-                            let v = map.next_value::<Field<'de>>()?;
-                            if first {
-                                out.tool_name = v;
-                            }
-                        } else {
-                            let v = map.next_value::<Parameters<'de>>()?;
-                            if first {
-                                out.parameters = v;
-                            }
-                        }
-                        Ok(())
-                    },
-                )?;
-                out.flaw = seen.flaw.or(out.parameters.flaw);
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Meta::default();
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    if key == PROTOCOL_VERSION_META {
+                        out.protocol_version = map.next_value::<Field<'de>>()?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
                 Ok(out)
             }
         }
@@ -446,67 +580,80 @@ impl<'de> de::Deserialize<'de> for Arguments<'de> {
     }
 }
 
+const PROTOCOL_VERSION_META: &str = "io.modelcontextprotocol/protocolVersion";
+
 /// `params`: an object for the methods we know, anything for others.
 #[derive(Debug, Default)]
 struct Params<'a> {
     name: Field<'a>,
     uri: Field<'a>,
     arguments: Arguments<'a>,
+    meta: Meta<'a>,
     flaw: Option<Flaw>,
 }
 
-impl<'de> de::Deserialize<'de> for Params<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Params<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            scalars_are!(Params::default());
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Params::default())
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                skip_seq(seq)?;
-                Ok(Params::default())
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Params::default();
-                let mut seen = Seen::new();
-                walk_members(
-                    map,
-                    &["name", "uri", "arguments"],
-                    &mut seen,
-                    |i, first, map| {
-                        match i {
-                            0 => {
-                                let v = map.next_value::<Field<'de>>()?;
-                                if first {
-                                    out.name = v;
-                                }
-                            }
-                            1 => {
-                                let v = map.next_value::<Field<'de>>()?;
-                                if first {
-                                    out.uri = v;
-                                }
-                            }
-                            _ => {
-                                let v = map.next_value::<Arguments<'de>>()?;
-                                if first {
-                                    out.arguments = v;
-                                }
-                            }
+struct ParamsSeed<'s>(&'s Spec<'s>);
+
+impl<'de> DeserializeSeed<'de> for ParamsSeed<'_> {
+    type Value = Params<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ParamsSeed<'_> {
+    type Value = Params<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    scalars_are!(Params::default());
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Params::default())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        skip_seq(seq)?;
+        Ok(Params::default())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let spec = self.0;
+        let mut out = Params::default();
+        let mut seen = Seen::new();
+        walk_members(
+            map,
+            &["name", "uri", "arguments", "_meta"],
+            &mut seen,
+            |i, first, map| {
+                match i {
+                    0 => {
+                        let v = map.next_value::<Field<'de>>()?;
+                        if first {
+                            out.name = v;
                         }
-                        Ok(())
-                    },
-                )?;
-                out.flaw = seen.flaw;
-                Ok(out)
-            }
-        }
-        d.deserialize_any(V)
+                    }
+                    1 => {
+                        let v = map.next_value::<Field<'de>>()?;
+                        if first {
+                            out.uri = v;
+                        }
+                    }
+                    2 => {
+                        let v = map.next_value_seed(ArgumentsSeed(spec))?;
+                        if first {
+                            out.arguments = v;
+                        }
+                    }
+                    _ => {
+                        let v = map.next_value::<Meta<'de>>()?;
+                        if first {
+                            out.meta = v;
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        out.flaw = seen.flaw;
+        Ok(out)
     }
 }
 
@@ -525,7 +672,7 @@ const PROMPTS_GET: &str = "prompts/get";
 const RESOURCES_READ: &str = "resources/read";
 
 impl<'a> Envelope<'a> {
-    fn resolve<S: AsRef<str>>(self, meta_tools: &[S]) -> Result<Request<'a>, ParseError<'a>> {
+    fn resolve(self, spec: &Spec<'_>) -> Result<Request<'a>, ParseError<'a>> {
         let id = self.id;
         let raw_id = id.map(RawValue::get);
         let invalid = |reason| ParseError::InvalidRequest { id: raw_id, reason };
@@ -542,71 +689,82 @@ impl<'a> Envelope<'a> {
             Field::NotStr => return Err(invalid("method is not a string")),
         };
         let params = self.params;
-        let target = match method.as_deref() {
+        let known = matches!(
+            method.as_deref(),
+            Some(TOOLS_CALL | PROMPTS_GET | RESOURCES_READ)
+        );
+        if known {
+            if let Some(flaw) = params.flaw {
+                return Err(invalid(flaw.reason()));
+            }
+        }
+        let meta_protocol_version = match params.meta.protocol_version {
+            Field::Str(v) => Some(v),
+            _ => None,
+        };
+        let mut kept = Vec::new();
+        let (name, target) = match method.as_deref() {
             Some(TOOLS_CALL) => {
-                if let Some(flaw) = params.flaw {
-                    return Err(invalid(flaw.reason()));
-                }
                 let name = match params.name {
                     Field::Str(n) if !n.is_empty() => n,
                     _ => return Err(bad_params("tools/call without a tool name in params.name")),
                 };
-                let is_meta = meta_tools.iter().any(|m| m.as_ref() == name);
-                if is_meta {
-                    let args = params.arguments;
+                let args = params.arguments;
+                for (i, p) in spec.params.iter().enumerate() {
+                    if p.tool == name && args.kept.flawed & (1 << i) != 0 {
+                        return Err(invalid("an argument mirrored in an Mcp-Param header is duplicated or ambiguous"));
+                    }
+                }
+                kept = args.kept.values;
+                let tool = if spec.meta_tools.iter().any(|m| *m == name) {
                     if let Some(flaw) = args.flaw {
                         return Err(invalid(flaw.reason()));
                     }
-                    let inner = match (args.tool_name, args.parameters.tool_name) {
-                        (Field::Str(t), _) if !t.is_empty() => Some(t),
-                        (_, Field::Str(t)) if !t.is_empty() => Some(t),
-                        _ => None,
-                    };
-                    Some(Target::Tool(inner.unwrap_or(name)))
-                } else {
-                    Some(Target::Tool(name))
-                }
-            }
-            Some(PROMPTS_GET) => {
-                if let Some(flaw) = params.flaw {
-                    return Err(invalid(flaw.reason()));
-                }
-                match params.name.non_empty() {
-                    Some(_) => match params.name {
-                        Field::Str(n) => Some(Target::Prompt(n)),
-                        _ => None,
-                    },
-                    None => {
-                        return Err(bad_params(
-                            "prompts/get without a prompt name in params.name",
-                        ))
+                    match (args.tool_name, args.parameters.tool_name) {
+                        (Field::Str(t), _) if !t.is_empty() => t,
+                        (_, Field::Str(t)) if !t.is_empty() => t,
+                        _ => name.clone(),
                     }
-                }
+                } else {
+                    name.clone()
+                };
+                (Some(name), Some(Target::Tool(tool)))
             }
-            Some(RESOURCES_READ) => {
-                if let Some(flaw) = params.flaw {
-                    return Err(invalid(flaw.reason()));
+            Some(PROMPTS_GET) => match params.name {
+                Field::Str(n) if !n.is_empty() => (Some(n.clone()), Some(Target::Prompt(n))),
+                _ => {
+                    return Err(bad_params(
+                        "prompts/get without a prompt name in params.name",
+                    ))
                 }
-                match params.uri {
-                    Field::Str(u) if !u.is_empty() => Some(Target::Resource(u)),
-                    _ => return Err(bad_params("resources/read without a URI in params.uri")),
-                }
-            }
-            _ => None,
+            },
+            Some(RESOURCES_READ) => match params.uri {
+                Field::Str(u) if !u.is_empty() => (Some(u.clone()), Some(Target::Resource(u))),
+                _ => return Err(bad_params("resources/read without a URI in params.uri")),
+            },
+            _ => (None, None),
         };
-        Ok(Request { id, method, target })
+        Ok(Request {
+            id,
+            method,
+            name,
+            target,
+            meta_protocol_version,
+            kept,
+        })
     }
 }
 
-impl<'de> de::Deserialize<'de> for Envelope<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(EnvelopeVisitor)
+struct EnvelopeSeed<'s>(&'s Spec<'s>);
+
+impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_> {
+    type Value = Envelope<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-struct EnvelopeVisitor;
-
-impl<'de> Visitor<'de> for EnvelopeVisitor {
+impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
     type Value = Envelope<'de>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON-RPC object")
@@ -620,6 +778,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         Ok(Envelope::default())
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let spec = self.0;
         let mut out = Envelope {
             is_object: true,
             ..Envelope::default()
@@ -644,7 +803,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                         }
                     }
                     _ => {
-                        let v = map.next_value::<Params<'de>>()?;
+                        let v = map.next_value_seed(ParamsSeed(spec))?;
                         if first {
                             out.params = v;
                         }
@@ -677,9 +836,9 @@ enum Top<'a> {
     Other,
 }
 
-struct TopVisitor;
+struct TopSeed<'s>(&'s Spec<'s>);
 
-impl<'de> Visitor<'de> for TopVisitor {
+impl<'de> Visitor<'de> for TopSeed<'_> {
     type Value = Top<'de>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON-RPC object or batch")
@@ -690,13 +849,13 @@ impl<'de> Visitor<'de> for TopVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
-        while let Some(env) = seq.next_element::<Envelope<'de>>()? {
+        while let Some(env) = seq.next_element_seed(EnvelopeSeed(self.0))? {
             out.push(env);
         }
         Ok(Top::Batch(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        EnvelopeVisitor.visit_map(map).map(Top::Single)
+        EnvelopeSeed(self.0).visit_map(map).map(Top::Single)
     }
 }
 
@@ -704,10 +863,22 @@ impl<'de> Visitor<'de> for TopVisitor {
 mod tests {
     use super::*;
 
-    const META: &[&str] = &["call_tool"];
+    static META_TOOLS: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| vec!["call_tool".to_owned()]);
+
+    fn parse_meta(body: &[u8]) -> Result<Body<'_>, ParseError<'_>> {
+        parse(
+            body,
+            &Spec {
+                meta_tools: &META_TOOLS,
+                params: &[],
+                argument_keys: &[],
+            },
+        )
+    }
 
     fn one(body: &str) -> Request<'_> {
-        match parse(body.as_bytes(), META) {
+        match parse_meta(body.as_bytes()) {
             Ok(Body::Single(r)) => r,
             other => panic!("expected a single request, got {other:?}"),
         }
@@ -721,7 +892,7 @@ mod tests {
     }
 
     fn invalid_reason(body: &str) -> &'static str {
-        match parse(body.as_bytes(), META) {
+        match parse_meta(body.as_bytes()) {
             Err(ParseError::InvalidRequest { reason, .. }) => reason,
             other => panic!("expected InvalidRequest, got {other:?}"),
         }
@@ -808,12 +979,17 @@ mod tests {
     #[test]
     fn meta_tools_are_configurable() {
         let body = br#"{"id":1,"method":"tools/call","params":{"name":"run","arguments":{"tool_name":"x"}}}"#;
-        let Ok(Body::Single(r)) = parse(body, &["run"]) else {
+        let run = vec!["run".to_owned()];
+        let spec = |meta_tools| Spec {
+            meta_tools,
+            params: &[],
+            argument_keys: &[],
+        };
+        let Ok(Body::Single(r)) = parse(body, &spec(&run)) else {
             panic!()
         };
         assert_eq!(r.target, Some(Target::Tool("x".into())));
-        let none: &[&str] = &[];
-        let Ok(Body::Single(r)) = parse(body, none) else {
+        let Ok(Body::Single(r)) = parse(body, &spec(&[])) else {
             panic!()
         };
         assert_eq!(r.target, Some(Target::Tool("run".into())));
@@ -857,13 +1033,13 @@ mod tests {
             r#""x""#,
         ] {
             let body = format!(r#"{{"id":3,"method":"tools/call","params":{params}}}"#);
-            match parse(body.as_bytes(), META) {
+            match parse_meta(body.as_bytes()) {
                 Err(ParseError::InvalidParams { id, .. }) => assert_eq!(id, Some("3")),
                 other => panic!("{params}: {other:?}"),
             }
         }
         assert!(matches!(
-            parse(br#"{"id":3,"method":"tools/call"}"#, META),
+            parse_meta(br#"{"id":3,"method":"tools/call"}"#),
             Err(ParseError::InvalidParams { .. })
         ));
     }
@@ -878,20 +1054,16 @@ mod tests {
             b"{\"a\":1} x",
             b"{\"method\":\"\xff\"}",
         ] {
-            assert_eq!(
-                parse(body, META).err(),
-                Some(ParseError::Syntax),
-                "{body:?}"
-            );
+            assert_eq!(parse_meta(body).err(), Some(ParseError::Syntax), "{body:?}");
         }
         // Deep nesting is refused, never a stack overflow.
         let deep = "[".repeat(100_000) + &"]".repeat(100_000);
-        assert!(parse(deep.as_bytes(), META).is_err());
+        assert!(parse_meta(deep.as_bytes()).is_err());
         let deep = format!(
             r#"{{"id":1,"method":"x","params":{}}}"#,
             "{\"a\":".repeat(100_000) + "1" + &"}".repeat(100_000)
         );
-        assert!(parse(deep.as_bytes(), META).is_ok());
+        assert!(parse_meta(deep.as_bytes()).is_ok());
     }
 
     #[test]
@@ -899,7 +1071,7 @@ mod tests {
         for body in ["1", "\"x\"", "null", "true"] {
             assert!(
                 matches!(
-                    parse(body.as_bytes(), META),
+                    parse_meta(body.as_bytes()),
                     Err(ParseError::InvalidRequest { .. })
                 ),
                 "{body}"
@@ -985,7 +1157,7 @@ mod tests {
         let body = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}},
                         {"jsonrpc":"2.0","method":"notifications/progress"},
                         {"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"call_tool","arguments":{"tool_name":"b"}}}]"#;
-        let Ok(Body::Batch(reqs)) = parse(body, META) else {
+        let Ok(Body::Batch(reqs)) = parse_meta(body) else {
             panic!()
         };
         assert_eq!(reqs.len(), 3);
@@ -998,7 +1170,7 @@ mod tests {
     #[test]
     fn invalid_batch_element_refuses_the_batch() {
         let body = br#"[{"id":1,"method":"tools/call","params":{"name":"a"}},{"id":2,"method":"tools/call","params":{}}]"#;
-        match parse(body, META) {
+        match parse_meta(body) {
             Err(ParseError::InvalidParams { id, .. }) => assert_eq!(id, Some("2")),
             other => panic!("{other:?}"),
         }

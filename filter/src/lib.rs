@@ -19,6 +19,7 @@
 pub mod config;
 pub mod flow;
 pub mod jsonrpc;
+pub mod mcp_headers;
 pub mod reply;
 pub mod rls;
 

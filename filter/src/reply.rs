@@ -28,6 +28,8 @@ pub enum Ids {
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 pub const INVALID_PARAMS: i64 = -32602;
+/// MCP 2026-07-28 `HeaderMismatch`.
+pub const HEADER_MISMATCH: i64 = -32020;
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 
@@ -130,6 +132,27 @@ pub fn bad_request(code: i64, id: Option<&str>, reason: &str) -> LocalReply {
         headers: vec![(JSON.0.to_owned(), JSON.1.to_owned())],
         body,
         detail: "mcp_ratelimit_bad_request",
+    }
+}
+
+/// MCP headers that disagree with the body (HTTP 400, -32020).
+pub fn header_mismatch(id: Option<&str>, reason: &str) -> LocalReply {
+    let data = serde_json::to_string(reason)
+        .map(|r| format!(r#"{{"reason":{r}}}"#))
+        .ok();
+    let mut body = String::with_capacity(160);
+    error_object(
+        &mut body,
+        Some(id.unwrap_or("null")),
+        HEADER_MISMATCH,
+        r#""Header mismatch""#,
+        data.as_deref(),
+    );
+    LocalReply {
+        status: 400,
+        headers: vec![(JSON.0.to_owned(), JSON.1.to_owned())],
+        body,
+        detail: "mcp_ratelimit_header_mismatch",
     }
 }
 
