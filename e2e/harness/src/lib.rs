@@ -1,11 +1,13 @@
 //! Test support for the end-to-end tests of mcp-ratelimit.
 //!
 //! The tests run the real programs: Envoy (`.venv/bin/envoy`), the `dev-rls`
-//! rate-limit service, the `mcp-upstream` stand-in MCP server and the filter's
-//! wasm module. This crate finds them ([`Paths`]), runs them as guarded child
-//! processes ([`Proc`], [`Envoy`], [`DevRls`], [`McpUpstream`]) and talks to
-//! them with a hand-written HTTP/1.1 client ([`http`]) so tests control every
-//! byte on the wire.
+//! rate-limit service, the `mcp-upstream` stand-in MCP server, an MCP server
+//! and clients built on the official MCP SDKs, and the filter's wasm module.
+//! This crate finds them ([`Paths`]), runs them as guarded child processes
+//! ([`Proc`], [`Envoy`], [`DevRls`], [`McpUpstream`], [`McpServer`],
+//! [`SdkClient`]), renders the shipped Envoy configs for a test ([`stack`])
+//! and talks to them with a hand-written HTTP/1.1 client ([`http`]) so tests
+//! control every byte on the wire.
 //!
 //! Everything here is synchronous (std threads and sockets only).
 
@@ -19,13 +21,16 @@ pub mod envoy;
 pub mod http;
 pub mod paths;
 pub mod proc;
+pub mod sdk;
 pub mod services;
+pub mod stack;
 
 pub use envoy::{Envoy, EnvoyOptions, EnvoyPorts};
 pub use http::{post_json, Conn, Request, Response};
 pub use paths::Paths;
 pub use proc::{test_dir, Proc};
-pub use services::{DevRls, McpUpstream};
+pub use sdk::{Scenario, SdkClient};
+pub use services::{DevRls, McpServer, McpServerOptions, McpUpstream};
 
 use std::fmt;
 use std::net::TcpListener;

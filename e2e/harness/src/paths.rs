@@ -6,6 +6,8 @@
 //! | dev-rls | `DEV_RLS_BIN` | newest of `<target>/debug/dev-rls`, `<target>/release/dev-rls` |
 //! | mcp-upstream | `MCP_UPSTREAM_BIN` | `CARGO_BIN_EXE_mcp-upstream` (run time), else newest of `<target>/{debug,release}/mcp-upstream` |
 //! | filter wasm | `MCP_RATELIMIT_WASM` | `<target>/mcp_ratelimit.wasm` (what `make build` ships) |
+//! | Python with the MCP SDK | `MCP_PYTHON` | `<root>/.venv/bin/python` (what `make deps` installs) |
+//! | Node.js | `NODE_BIN` | `node` on `PATH` |
 //!
 //! `<root>` is the workspace root (two levels above this crate's manifest
 //! directory); `<target>` is `CARGO_TARGET_DIR` if set (relative to `<root>`),
@@ -112,6 +114,45 @@ impl Paths {
             "filter wasm not found at {}: run `make build` or set MCP_RATELIMIT_WASM",
             p.display()
         )))
+    }
+
+    /// The Python interpreter of `.venv`, which has the MCP Python SDK.
+    pub fn python(&self) -> Result<PathBuf> {
+        if let Some(p) = from_env("MCP_PYTHON")? {
+            return Ok(p);
+        }
+        let venv = self.root.join(".venv/bin/python");
+        if venv.is_file() {
+            return Ok(venv);
+        }
+        Err(Error::new(format!(
+            "{} not found: run `make deps` (it installs the pinned MCP Python SDK and Envoy \
+             into .venv) or set MCP_PYTHON",
+            venv.display()
+        )))
+    }
+
+    /// The Node.js binary.
+    pub fn node(&self) -> Result<PathBuf> {
+        if let Some(p) = from_env("NODE_BIN")? {
+            return Ok(p);
+        }
+        on_path("node").ok_or_else(|| {
+            Error::new(
+                "Node.js (`node`) not found on PATH: install Node.js 20, then run `make deps` \
+                 (it runs `npm ci` in e2e/clients/ts), or set NODE_BIN",
+            )
+        })
+    }
+
+    /// The MCP server built on the Python SDK: `<root>/e2e/mcp-server/server.py`.
+    pub fn mcp_server_script(&self) -> PathBuf {
+        self.root.join("e2e/mcp-server/server.py")
+    }
+
+    /// The MCP SDK clients: `<root>/e2e/clients`.
+    pub fn clients_dir(&self) -> PathBuf {
+        self.root.join("e2e/clients")
     }
 
     /// Directory under which per-process temp dirs are made: `<target>/e2e-tmp`.

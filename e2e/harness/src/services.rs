@@ -1,6 +1,7 @@
-//! The helper services of the e2e tests: `mcp-upstream` and `dev-rls`.
+//! The services of the e2e tests: `mcp-upstream`, the MCP server built on
+//! the official Python SDK (`e2e/mcp-server/server.py`) and `dev-rls`.
 //!
-//! Both bind port 0 themselves and print the address they got, so no port
+//! All bind port 0 themselves and print the address they got, so no port
 //! is ever raced for.
 
 use crate::http::{Request, Response};
@@ -100,6 +101,102 @@ impl McpUpstream {
             "mcp-upstream reset",
         )
         .map(drop)
+    }
+
+    /// Its stderr and stdout.
+    pub fn logs(&self) -> String {
+        self.proc.logs()
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Stops it now (also done on drop).
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        self.proc.stop()
+    }
+
+    /// The underlying process guard.
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+}
+
+/// How the SDK-built MCP server answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct McpServerOptions {
+    /// `--json-response`: answer each POST with one JSON body instead of an
+    /// SSE stream (the SDK's default).
+    pub json_response: bool,
+    /// `--stateless`: no sessions.
+    pub stateless: bool,
+}
+
+/// A running `e2e/mcp-server/server.py`: an MCP server built on the official
+/// Python SDK, serving Streamable HTTP on `/mcp`; stopped on drop.
+pub struct McpServer {
+    proc: Proc,
+    addr: SocketAddr,
+}
+
+impl McpServer {
+    /// Starts it with the Python of [`Paths::python`], on 127.0.0.1 port 0,
+    /// and waits for its address.
+    pub fn start(opts: McpServerOptions) -> Result<McpServer> {
+        let paths = Paths::discover();
+        let python = paths.python()?;
+        let mut cmd = Command::new(python);
+        cmd.arg(paths.mcp_server_script())
+            .arg("--host")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg("0");
+        if opts.json_response {
+            cmd.arg("--json-response");
+        }
+        if opts.stateless {
+            cmd.arg("--stateless");
+        }
+        let mut proc = Proc::spawn("mcp-server", &mut cmd)?;
+        const PREFIX: &str = "mcp-server listening on ";
+        let line = proc.wait_for_line(PREFIX, START_TIMEOUT).map_err(|e| {
+            let hint = if e.message().contains("ModuleNotFoundError") {
+                "\nthe MCP Python SDK is missing from .venv: run `make deps`"
+            } else {
+                ""
+            };
+            Error::new(format!("{e}{hint}"))
+        })?;
+        let addr = addr_after(&line, PREFIX)?;
+        Ok(McpServer { proc, addr })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `GET /__server/stats`: `{"runs": {"<tool>": n, ...}}`.
+    pub fn stats(&self) -> Result<Value> {
+        ok_json(
+            Request::get("/__server/stats").send(self.addr),
+            "mcp-server stats",
+        )
+    }
+
+    /// How many times `tool` ran in the server (0 if never), counting the
+    /// runs through `call_tool` as runs of the tool it called.
+    pub fn runs(&self, tool: &str) -> Result<u64> {
+        let stats = self.stats()?;
+        let n = stats.get("runs").and_then(|r| r.get(tool));
+        Ok(n.and_then(Value::as_u64).unwrap_or(0))
     }
 
     /// Its stderr and stdout.

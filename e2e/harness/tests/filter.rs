@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use e2e::{post_json, render, DevRls, Envoy, McpUpstream, Paths, Request, Response};
+use e2e::{post_json, render, stack, DevRls, Envoy, McpUpstream, Paths, Request, Response};
 use serde_json::{json, Value};
 
 /// Limits used by most tests: day windows, so that no test straddles one.
@@ -29,32 +29,12 @@ descriptors:
 
 const PLUGIN: &str = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000}"#;
 
-/// Replaces the plugin configuration of a shipped config (the JSON block
-/// under `value: |`) with `plugin`.
-fn with_plugin(yaml: &str, plugin: &str) -> String {
-    const START: &str = "                  value: |\n";
-    const END: &str = "\n                    }\n";
-    let from = yaml.find(START).expect("plugin configuration block") + START.len();
-    let to = from
-        + yaml[from..]
-            .find(END)
-            .expect("end of plugin configuration block")
-        + END.len();
-    let one_line = plugin.replace('\n', " ");
-    format!(
-        "{}                    {one_line}\n{}",
-        &yaml[..from],
-        &yaml[to..]
-    )
-}
-
 fn shipped(name: &str) -> String {
-    let path = Paths::discover().root.join("envoy").join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    stack::shipped(name).unwrap()
 }
 
 fn wasm_path() -> String {
-    Paths::discover().wasm().unwrap().display().to_string()
+    stack::wasm_path().unwrap()
 }
 
 /// Renders a shipped Envoy config for this test: free ports, the built
@@ -66,18 +46,7 @@ fn render_config(
     plugin: &str,
     extra: &[(&str, String)],
 ) -> String {
-    let mut subs = vec![
-        ("port_value: 10000", "port_value: 0".to_owned()),
-        ("port_value: 9901", "port_value: 0".to_owned()),
-        ("port_value: 8081", format!("port_value: {rls_port}")),
-        ("port_value: 8082", format!("port_value: {upstream_port}")),
-        (
-            "filename: target/mcp_ratelimit.wasm",
-            format!("filename: {}", wasm_path()),
-        ),
-    ];
-    subs.extend(extra.iter().cloned());
-    with_plugin(&render(template, &subs).unwrap(), plugin)
+    stack::render_config(template, rls_port, upstream_port, plugin, extra).unwrap()
 }
 
 struct Stack {

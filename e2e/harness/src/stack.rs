@@ -1,0 +1,81 @@
+//! Rendering the shipped Envoy configs for a test: the files in `envoy/`
+//! with free ports, the built module and the test's plugin configuration
+//! substituted.
+
+use crate::paths::Paths;
+use crate::{render, Context, Error, Result};
+
+/// Reads a shipped Envoy config, `envoy/<name>`.
+pub fn shipped(name: &str) -> Result<String> {
+    let path = Paths::discover().root.join("envoy").join(name);
+    std::fs::read_to_string(&path).context(|| format!("cannot read {}", path.display()))
+}
+
+/// Path of the built filter module, as a string for a config.
+pub fn wasm_path() -> Result<String> {
+    Ok(Paths::discover().wasm()?.display().to_string())
+}
+
+/// Replaces the plugin configuration of a shipped config (the JSON block
+/// under `value: |`) with `plugin`, on one line.
+pub fn with_plugin(yaml: &str, plugin: &str) -> Result<String> {
+    const START: &str = "                  value: |\n";
+    const END: &str = "\n                    }\n";
+    let from = yaml
+        .find(START)
+        .ok_or_else(|| Error::new("no plugin configuration block (`value: |`) in the config"))?
+        + START.len();
+    let to = yaml
+        .get(from..)
+        .and_then(|rest| rest.find(END))
+        .ok_or_else(|| Error::new("no end of the plugin configuration block in the config"))?
+        + from
+        + END.len();
+    let one_line = plugin.replace('\n', " ");
+    let (head, tail) = (yaml.get(..from), yaml.get(to..));
+    match (head, tail) {
+        (Some(head), Some(tail)) => Ok(format!("{head}                    {one_line}\n{tail}")),
+        _ => Err(Error::new("plugin configuration block out of range")),
+    }
+}
+
+/// Renders a shipped Envoy config (its text in `template`) for a test:
+/// listener and admin on port 0, the rate-limit service on `rls_port`, the
+/// MCP server on `upstream_port`, the built module, and `plugin` as the
+/// filter's configuration. `extra` substitutions are applied after these.
+pub fn render_config(
+    template: &str,
+    rls_port: u16,
+    upstream_port: u16,
+    plugin: &str,
+    extra: &[(&str, String)],
+) -> Result<String> {
+    let mut subs = vec![
+        ("port_value: 10000", "port_value: 0".to_owned()),
+        ("port_value: 9901", "port_value: 0".to_owned()),
+        ("port_value: 8081", format!("port_value: {rls_port}")),
+        ("port_value: 8082", format!("port_value: {upstream_port}")),
+        (
+            "filename: target/mcp_ratelimit.wasm",
+            format!("filename: {}", wasm_path()?),
+        ),
+    ];
+    subs.extend(extra.iter().cloned());
+    with_plugin(&render(template, &subs)?, plugin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_plugin_replaces_the_block() {
+        let yaml = "a:\n                  value: |\n                    {\n                      \"x\": 1\n                    }\n                vm_config: {}\n";
+        let out = with_plugin(yaml, "{\"y\":\n2}").unwrap();
+        assert_eq!(
+            out,
+            "a:\n                  value: |\n                    {\"y\": 2}\n                vm_config: {}\n"
+        );
+        assert!(with_plugin("nothing", "{}").is_err());
+    }
+}
