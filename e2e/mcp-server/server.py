@@ -35,9 +35,10 @@ import signal
 import socket
 import sys
 from collections import Counter
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
+from pydantic import Field
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
@@ -96,7 +97,13 @@ def find_tool(query: str) -> list[str]:
 
 
 @mcp.tool()
-async def call_tool(tool_name: str, parameters: dict[str, Any], ctx: Context) -> str:
+async def call_tool(
+    # Mirrored into the `Mcp-Param-ToolName` header (MCP 2026-07-28), so that
+    # intermediaries can see the real target without reading the body.
+    tool_name: Annotated[str, Field(json_schema_extra={"x-mcp-header": "ToolName"})],
+    parameters: dict[str, Any],
+    ctx: Context,
+) -> str:
     """Run the tool named `tool_name` with `parameters` as its arguments."""
     RUNS["call_tool"] += 1
     fn = CALLABLE.get(tool_name)

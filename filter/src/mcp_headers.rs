@@ -188,7 +188,7 @@ pub fn check(
         (None, None) => {}
         (None, Some(_)) => {}
     }
-    check_params(headers, req, params)
+    check_params(headers, req, params, modern)
 }
 
 /// `Mcp-Param-*` headers of the configured mappings for this request's tool.
@@ -196,6 +196,7 @@ fn check_params(
     headers: &McpHeaders,
     req: &Request<'_>,
     params: &[ParamHeader],
+    modern: bool,
 ) -> Result<(), Mismatch> {
     for (i, p) in params.iter().enumerate() {
         let header = headers.params.get(i).and_then(Option::as_deref);
@@ -215,7 +216,11 @@ fn check_params(
             (Some(_), None) => {
                 return mismatch("Mcp-Param header for an argument the body does not have")
             }
-            (None, Some(_)) => return mismatch("Mcp-Param header is required for this argument"),
+            // Clients mirror arguments from 2026-07-28 on; older ones never do.
+            (None, Some(_)) if modern => {
+                return mismatch("Mcp-Param header is required for this argument")
+            }
+            (None, Some(_)) => {}
             (Some(h), Some(v)) => {
                 if !param_matches(&decode_value(h)?, v.get()) {
                     return mismatch("Mcp-Param header does not match the body's argument");
@@ -549,7 +554,14 @@ mod tests {
             reason(run(&headers(&[("param", "eu-west1")]), CALL, &region))
                 .contains("does not match")
         );
-        assert!(reason(run(&McpHeaders::default(), CALL, &region)).contains("required"));
+        let modern = headers(&[
+            ("version", "2026-07-28"),
+            ("method", "tools/call"),
+            ("name", "search_docs"),
+        ]);
+        assert!(reason(run(&modern, CALL, &region)).contains("required"));
+        // Clients of older versions do not mirror arguments.
+        assert_eq!(run(&McpHeaders::default(), CALL, &region), Ok(()));
         // Numbers compare numerically.
         for ok in ["42", "42.0", "4.2e1"] {
             assert_eq!(run(&headers(&[("param", ok)]), CALL, &n), Ok(()), "{ok}");
