@@ -89,7 +89,7 @@ fn modern_call(id: u64, tool: &str, args: Value, padding: usize) -> String {
     .to_string()
 }
 
-fn modern_headers<'a>(tool: &'a str) -> Vec<(&'a str, &'a str)> {
+fn modern_headers(tool: &str) -> Vec<(&str, &str)> {
     vec![
         ("mcp-protocol-version", MODERN),
         ("Mcp-Method", "tools/call"),
