@@ -44,6 +44,17 @@ wrk.headers["accept"] = "application/json, text/event-stream"
 wrk.body = [[%s]]
 """ % BODY
 
+# The same request as an MCP 2026-07-28 client sends it, with its routing
+# headers, for the header fast path.
+MODERN_LUA = LUA + """\
+wrk.headers["mcp-protocol-version"] = "2026-07-28"
+wrk.headers["mcp-method"] = "tools/call"
+wrk.headers["mcp-name"] = "search_docs"
+"""
+
+FAST_PLUGIN = '{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":100,"header_fast_path":true}'
+
+
 
 def free_port():
     with socket.socket() as s:
@@ -94,14 +105,19 @@ def configs(rls_port, up_port, listen, admin, wasm):
         return text.replace("filename: target/mcp_ratelimit.wasm", f"filename: {wasm}")
 
     shipped = (ROOT / "envoy/envoy.yaml").read_text()
+    block_start = shipped.index("                  value: |\n") + len("                  value: |\n")
+    block_end = shipped.index("\n                    }\n", block_start) + len("\n                    }\n")
+    fast = shipped[:block_start] + "                    " + FAST_PLUGIN + "\n" + shipped[block_end:]
     start_w = shipped.index("          - name: envoy.filters.http.wasm")
     end_w = shipped.index("          - name: envoy.filters.http.router")
     router = shipped[:start_w] + shipped[end_w:]
+    # name: (Envoy config, wrk script)
     return {
-        "router only": ports(router),
-        "native mcp + ratelimit": ports((ROOT / "bench/envoy-native.yaml").read_text()),
-        "mcp-ratelimit": ports(shipped),
-        "mcp-ratelimit + buffer filter": ports((ROOT / "envoy/envoy-buffer-filter.yaml").read_text()),
+        "router only": (ports(router), "post.lua"),
+        "native mcp + ratelimit": (ports((ROOT / "bench/envoy-native.yaml").read_text()), "post.lua"),
+        "mcp-ratelimit": (ports(shipped), "post.lua"),
+        "mcp-ratelimit + buffer filter": (ports((ROOT / "envoy/envoy-buffer-filter.yaml").read_text()), "post.lua"),
+        "mcp-ratelimit, header fast path (2026-07-28 headers)": (ports(fast), "modern.lua"),
     }
 
 
@@ -135,6 +151,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="mcp-rl-bench-"))
     (work / "limits.yaml").write_text(LIMITS)
     (work / "post.lua").write_text(LUA)
+    (work / "modern.lua").write_text(MODERN_LUA)
     log = open(work / "services.log", "w")
     rls, rls_addr = start([dev_rls, "--config", str(work / "limits.yaml"), "--listen", "127.0.0.1:0",
                            "--admin", "127.0.0.1:0"], "dev-rls listening on", log)
@@ -146,7 +163,7 @@ def main():
         listen, admin = free_port(), free_port()
         cfgs = configs(rls_addr.rsplit(":", 1)[1], up_addr.rsplit(":", 1)[1], listen, admin, wasm)
         for rnd in range(args.rounds):
-            for name, yaml in cfgs.items():
+            for name, (yaml, lua) in cfgs.items():
                 path = work / "envoy.yaml"
                 path.write_text(yaml)
                 elog = open(work / f"envoy-{rnd}-{len(results)}.log", "w")
@@ -160,10 +177,10 @@ def main():
                         except OSError:
                             time.sleep(0.05)
                     url = f"http://127.0.0.1:{listen}/mcp"
-                    run_wrk(url, str(work / "post.lua"), 2, args.connections)  # warm-up
+                    run_wrk(url, str(work / lua), 2, args.connections)  # warm-up
                     calls0 = json.loads(http_get(f"http://{rls_admin}/stats"))["calls"]
                     cpu0 = cpu_seconds(e.pid)
-                    reqs, non2xx, errs, lat = run_wrk(url, str(work / "post.lua"), args.seconds, args.connections)
+                    reqs, non2xx, errs, lat = run_wrk(url, str(work / lua), args.seconds, args.connections)
                     cpu = cpu_seconds(e.pid) - cpu0
                     calls = json.loads(http_get(f"http://{rls_admin}/stats"))["calls"] - calls0
                 finally:
