@@ -26,7 +26,7 @@ export DEV_RLS_BIN := $(abspath target/release/dev-rls)
 export MCP_UPSTREAM_BIN := $(abspath target/release/mcp-upstream)
 export MCP_RATELIMIT_WASM := $(abspath $(WASM))
 
-.PHONY: help deps build wasm bins lint unit artifact e2e demo test run bench oci clean
+.PHONY: help deps build wasm wasm-panic-test bins lint unit artifact e2e demo test run bench oci clean
 
 help:
 	@echo "make run    - build, start Envoy + dev-rls + an MCP server locally, show a limit being hit"
@@ -96,6 +96,16 @@ wasm: deps
 bins:
 	cargo build --locked --release -p dev-rls -p e2e --bins
 
+# A module that panics on request (feature panic-test), for the tests of
+# Envoy's VM failure policy. Never shipped.
+WASM_PANIC_TEST := target/mcp_ratelimit_panic_test.wasm
+export MCP_RATELIMIT_PANIC_WASM := $(abspath $(WASM_PANIC_TEST))
+
+wasm-panic-test: deps
+	cargo build --locked -p mcp-ratelimit --profile wasm --target $(WASM_TARGET) \
+	  --features panic-test --target-dir target/panic-test
+	cp target/panic-test/$(WASM_TARGET)/wasm/mcp_ratelimit.wasm $(WASM_PANIC_TEST)
+
 ## Checks ------------------------------------------------------------------
 
 lint: $(STAMPS)/rust-target
@@ -110,11 +120,11 @@ unit:
 	cargo test --locked -p mcp-ratelimit -p dev-rls
 
 artifact: wasm
-	python3 scripts/check_wasm.py $(WASM) --budget $(WASM_BUDGET)
+	python3 scripts/check_wasm.py $(WASM) --budget $(WASM_BUDGET) --forbid "mcp-ratelimit test panic"
 	$(ENVOY) --mode validate -c envoy/envoy.yaml >/dev/null
 	@echo "envoy/envoy.yaml: valid"
 
-e2e: build
+e2e: build wasm-panic-test
 	cargo test --locked -p e2e -- --test-threads 2
 
 # `make run` itself, non-interactively: the demo must show the denial.

@@ -55,6 +55,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("wasm")
     ap.add_argument("--budget", type=int, required=True)
+    ap.add_argument("--forbid", action="append", default=[],
+                    help="a string that must not appear in the module (test-only code)")
     args = ap.parse_args()
     data = open(args.wasm, "rb").read()
     exports, imports = set(), set()
@@ -98,6 +100,9 @@ def main():
     foreign = sorted(f"{m}.{f}" for m, f in imports if m not in ALLOWED_IMPORT_MODULES)
     if foreign:
         problems.append("unexpected imports: " + ", ".join(foreign))
+    for text in args.forbid:
+        if text.encode() in data:
+            problems.append(f"contains test-only code ({text!r})")
     if problems:
         print(f"{args.wasm}: " + "; ".join(problems), file=sys.stderr)
         return 1

@@ -254,6 +254,8 @@ impl Context for Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "panic-test")]
+        test_panic();
         let step = self.flow.on_request_headers(end_of_stream, &self.env);
         let action = match step {
             // Keep the headers from the upstream until the body is judged;
@@ -291,6 +293,17 @@ impl HttpContext for Stream {
             let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &k, &v);
         }
         Action::Continue
+    }
+}
+
+/// Panics when the request asks for it (test builds only).
+#[cfg(feature = "panic-test")]
+#[allow(clippy::panic)]
+fn test_panic() {
+    if let Ok(Some(_)) =
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-mcp-ratelimit-test-panic")
+    {
+        panic!("mcp-ratelimit test panic");
     }
 }
 
