@@ -25,6 +25,11 @@ pub struct Config {
     /// Hold the request headers while the body is judged (needs the Wasm
     /// PluginConfig's `allow_on_headers_stop_iteration: true`).
     pub hold_headers: bool,
+    /// Also judge POST bodies of other content types (or none) that start
+    /// like JSON.
+    pub sniff_bodies: bool,
+    /// Refuse JSON-RPC batches instead of counting each call.
+    pub refuse_batches: bool,
     pub meta_tools: Vec<String>,
     /// Check `Mcp-Method`, `Mcp-Name`, `Mcp-Param-*` and
     /// `MCP-Protocol-Version` against the body (MCP 2026-07-28).
@@ -133,6 +138,10 @@ struct RawConfig {
     max_body_bytes: usize,
     #[serde(default = "default_true", deserialize_with = "de_hold_headers")]
     hold_headers: bool,
+    #[serde(default = "default_true", deserialize_with = "de_sniff_bodies")]
+    sniff_bodies: bool,
+    #[serde(default, deserialize_with = "de_refuse_batches")]
+    refuse_batches: bool,
     #[serde(default = "default_meta_tools", deserialize_with = "de_meta_tools")]
     meta_tools: Vec<String>,
     #[serde(default = "default_true", deserialize_with = "de_validate_mcp_headers")]
@@ -167,6 +176,8 @@ named! {
     de_failure_mode_deny: bool = "failure_mode_deny";
     de_max_body_bytes: usize = "max_body_bytes";
     de_hold_headers: bool = "hold_headers";
+    de_sniff_bodies: bool = "sniff_bodies";
+    de_refuse_batches: bool = "refuse_batches";
     de_meta_tools: Vec<String> = "meta_tools";
     de_validate_mcp_headers: bool = "validate_mcp_headers";
     de_header_fast_path: bool = "header_fast_path";
@@ -340,6 +351,8 @@ impl Config {
             failure_mode_deny: raw.failure_mode_deny,
             max_body_bytes: raw.max_body_bytes,
             hold_headers: raw.hold_headers,
+            sniff_bodies: raw.sniff_bodies,
+            refuse_batches: raw.refuse_batches,
             meta_tools: raw.meta_tools,
             validate_mcp_headers: raw.validate_mcp_headers,
             header_fast_path: raw.header_fast_path,
@@ -490,6 +503,8 @@ mod tests {
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert!(c.hold_headers);
         assert!(c.validate_mcp_headers);
+        assert!(c.sniff_bodies);
+        assert!(!c.refuse_batches);
         assert!(!c.header_fast_path);
         assert!(c.param_headers.is_empty());
         assert_eq!(c.meta_tools, vec!["call_tool"]);

@@ -108,6 +108,9 @@ enum State {
     Start,
     /// Not an MCP JSON POST: nothing to do.
     Passthrough,
+    /// A POST without a JSON content type: waiting for the first body
+    /// bytes to tell whether it is JSON.
+    Sniffing,
     /// Waiting for the end of the body.
     Buffering { size: usize },
     /// Descriptors sent; waiting for the token. `ids` is `None` on the
@@ -155,17 +158,37 @@ impl Flow {
     /// Request headers arrived.
     pub fn on_request_headers(&mut self, end_of_stream: bool, host: &impl Host) -> Step {
         let is_post = host.request_header(":method").is_some_and(|m| m == b"POST");
-        let is_json = host
-            .request_header("content-type")
-            .is_some_and(|ct| is_json(&ct));
-        if !(is_post && is_json) {
+        if !is_post {
             self.state = State::Passthrough;
             return Step::go();
         }
+        let is_json = host
+            .request_header("content-type")
+            .is_some_and(|ct| is_json(&ct));
+        if !is_json && (!self.cfg.sniff_bodies || end_of_stream) {
+            self.state = State::Passthrough;
+            return Step::go();
+        }
+        // A compressed body cannot be judged: refuse it rather than let it
+        // through unread.
+        if let Some(encoding) = host.request_header("content-encoding") {
+            if !is_identity(&encoding) {
+                host.count(Counter::ParseError);
+                self.state = State::Responded;
+                return Step::Reply(reply::unsupported_encoding());
+            }
+        }
         self.body_done = end_of_stream;
+        if !is_json {
+            // Another content type: judged like JSON if its body starts
+            // like JSON, passed untouched otherwise.
+            self.state = State::Sniffing;
+            return self.hold();
+        }
+        self.mcp.protocol_version = host.request_header(mcp_headers::PROTOCOL_VERSION);
         if self.cfg.validate_mcp_headers || self.cfg.header_fast_path {
             self.mcp = McpHeaders {
-                protocol_version: host.request_header(mcp_headers::PROTOCOL_VERSION),
+                protocol_version: self.mcp.protocol_version.take(),
                 session_id: None,
                 method: host.request_header(mcp_headers::METHOD),
                 name: host.request_header(mcp_headers::NAME),
@@ -195,7 +218,14 @@ impl Flow {
         self.state = State::Buffering { size: 0 };
         if end_of_stream {
             Step::ReadBody(0)
-        } else if self.cfg.hold_headers {
+        } else {
+            self.hold()
+        }
+    }
+
+    /// What the header callback answers while the body is awaited.
+    fn hold(&self) -> Step {
+        if self.cfg.hold_headers {
             Step::Pause
         } else {
             // The body callbacks still hold the request; a buffer filter
@@ -253,14 +283,10 @@ impl Flow {
     pub fn on_request_body(&mut self, size: usize, end_of_stream: bool, host: &impl Host) -> Step {
         self.body_size = size;
         self.body_done |= end_of_stream;
-        if let State::Denying { .. } = self.state {
-            return if end_of_stream {
-                Step::ReadBody(size)
-            } else {
-                Step::Pause
-            };
-        }
         match self.state {
+            State::Denying { .. } if end_of_stream => Step::ReadBody(size),
+            // Only the first bytes of an oversized body decide.
+            State::Sniffing => Step::ReadBody(size.min(self.cfg.max_body_bytes)),
             State::Buffering { .. } => {
                 if size > self.cfg.max_body_bytes {
                     return self.reply_too_large(host);
@@ -285,7 +311,7 @@ impl Flow {
         self.body_done = true;
         match self.state {
             State::Buffering { size } => Step::ReadBody(size),
-            State::Denying { .. } => Step::ReadBody(self.body_size),
+            State::Denying { .. } | State::Sniffing => Step::ReadBody(self.body_size),
             State::Passthrough | State::Allowed { .. } | State::Start => Step::go(),
             State::Dispatching { .. } | State::AwaitingRls { .. } | State::Responded => Step::Pause,
         }
@@ -296,6 +322,28 @@ impl Flow {
         match std::mem::replace(&mut self.state, State::Responded) {
             State::Buffering { .. } => {}
             State::Denying { reply } => return Step::Reply(self.pending_reply(reply, body)),
+            State::Sniffing => match body.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'{' | b'[') => {
+                    if !self.body_done {
+                        if self.body_size > self.cfg.max_body_bytes {
+                            return self.reply_too_large(host);
+                        }
+                        self.state = State::Buffering {
+                            size: self.body_size,
+                        };
+                        return Step::Pause;
+                    }
+                    // The whole body is here: judge it now.
+                }
+                None if !self.body_done => {
+                    self.state = State::Sniffing;
+                    return Step::Pause;
+                }
+                _ => {
+                    self.state = State::Passthrough;
+                    return Step::go();
+                }
+            },
             other => {
                 self.state = other;
                 return Step::Pause;
@@ -334,13 +382,18 @@ impl Flow {
                 return Step::Reply(reply::header_mismatch(id, m.reason));
             }
         }
-        if matches!(parsed, Body::Batch(_)) && !self.mcp.allows_batches() {
-            host.count(Counter::ParseError);
-            return Step::Reply(reply::bad_request(
-                reply::INVALID_REQUEST,
-                None,
-                "JSON-RPC batches are not allowed in this MCP protocol version",
-            ));
+        if matches!(parsed, Body::Batch(_)) {
+            let refused = if self.cfg.refuse_batches {
+                Some("JSON-RPC batches are not accepted here")
+            } else if !self.mcp.allows_batches() {
+                Some("JSON-RPC batches are not allowed in this MCP protocol version")
+            } else {
+                None
+            };
+            if let Some(reason) = refused {
+                host.count(Counter::ParseError);
+                return Step::Reply(reply::bad_request(reply::INVALID_REQUEST, None, reason));
+            }
         }
         let descriptors = build_descriptors(&self.cfg, &parsed, &self.mcp, host);
         if descriptors.is_empty() {
@@ -513,15 +566,26 @@ impl Flow {
     }
 }
 
-/// `application/json` with any parameters, in any case.
+/// A JSON media type (`application/json`, `application/json-rpc`,
+/// `application/*+json`), with any parameters, in any case.
 pub fn is_json(content_type: &[u8]) -> bool {
     let essence = content_type
         .split(|b| *b == b';')
         .next()
-        .unwrap_or_default();
-    essence
+        .unwrap_or_default()
         .trim_ascii()
-        .eq_ignore_ascii_case(b"application/json")
+        .to_ascii_lowercase();
+    essence == b"application/json"
+        || essence == b"application/json-rpc"
+        || (essence.starts_with(b"application/") && essence.ends_with(b"+json"))
+}
+
+/// `content-encoding` that leaves the body as sent (empty or `identity`).
+fn is_identity(encoding: &[u8]) -> bool {
+    encoding.split(|b| *b == b',').all(|e| {
+        let e = e.trim_ascii();
+        e.is_empty() || e.eq_ignore_ascii_case(b"identity")
+    })
 }
 
 /// The descriptors for a body: each configured descriptor whose sources are
@@ -776,16 +840,12 @@ mod tests {
     }
 
     #[test]
-    fn only_json_posts_are_inspected() {
+    fn only_posts_are_inspected() {
         let cases = [
             MockHost::default()
                 .with(":method", "GET")
                 .with("accept", "text/event-stream"),
             MockHost::default().with(":method", "DELETE"),
-            MockHost::default()
-                .with(":method", "POST")
-                .with("content-type", "text/plain"),
-            MockHost::default().with(":method", "POST"),
             MockHost::default()
                 .with(":method", "post")
                 .with("content-type", "application/json"),
@@ -801,6 +861,151 @@ mod tests {
                 Step::Continue(vec![])
             );
         }
+        // A POST without a body and without a JSON type has nothing to judge.
+        let host = MockHost::default().with(":method", "POST");
+        let mut flow = Flow::new(cfg(BASIC));
+        assert_eq!(flow.on_request_headers(true, &host), Step::Continue(vec![]));
+    }
+
+    /// Drives a POST of another content type through the sniffing path.
+    fn sniff(flow: &mut Flow, host: &MockHost, chunks: &[&str]) -> Step {
+        assert_eq!(flow.on_request_headers(false, host), Step::Pause);
+        let mut body = String::new();
+        let mut step = Step::Pause;
+        for (i, chunk) in chunks.iter().enumerate() {
+            body.push_str(chunk);
+            let last = i + 1 == chunks.len();
+            step = match flow.on_request_body(body.len(), last, host) {
+                Step::ReadBody(n) => flow.on_body(&body.as_bytes()[..n], host),
+                other => other,
+            };
+            if step != Step::Pause {
+                return step;
+            }
+        }
+        step
+    }
+
+    #[test]
+    fn json_shaped_bodies_of_other_types_are_judged_too() {
+        for ct in [
+            Some("text/plain"),
+            None,
+            Some("application/x-www-form-urlencoded"),
+        ] {
+            let mut host = MockHost::default().with(":method", "POST");
+            if let Some(ct) = ct {
+                host = host.with("content-type", ct);
+            }
+            // JSON-shaped: limited like any MCP request, even when the
+            // first chunk is only whitespace.
+            let mut flow = Flow::new(cfg(BASIC));
+            let body = call("search_docs");
+            let req = sent(&sniff(
+                &mut flow,
+                &host,
+                &["  \n", &body[..10], &body[10..]],
+            ));
+            assert_eq!(
+                entries(&req),
+                vec![vec![("tool".to_owned(), "search_docs".to_owned())]],
+                "{ct:?}"
+            );
+            // Not JSON-shaped: passed untouched after the first bytes.
+            let mut flow = Flow::new(cfg(BASIC));
+            assert_eq!(
+                sniff(&mut flow, &host, &["a=1&b=2", "..."]),
+                Step::Continue(vec![])
+            );
+            assert_eq!(
+                flow.on_request_body(100, true, &host),
+                Step::Continue(vec![])
+            );
+            // Malformed JSON-shaped bodies are refused, not passed.
+            let mut flow = Flow::new(cfg(BASIC));
+            let Step::Reply(r) = sniff(&mut flow, &host, &["{\"method\":"]) else {
+                panic!()
+            };
+            assert_eq!(r.status, 400);
+        }
+        // Turned off: other types pass without being read.
+        let host = MockHost::default()
+            .with(":method", "POST")
+            .with("content-type", "text/plain");
+        let mut flow = Flow::new(cfg(
+            r#"{"domain":"mcp","rls_cluster":"r","sniff_bodies":false}"#,
+        ));
+        assert_eq!(
+            flow.on_request_headers(false, &host),
+            Step::Continue(vec![])
+        );
+        assert_eq!(
+            flow.on_request_body(10, true, &host),
+            Step::Continue(vec![])
+        );
+    }
+
+    #[test]
+    fn oversized_bodies_of_other_types_are_decided_by_their_start() {
+        let c = cfg(r#"{"domain":"mcp","rls_cluster":"r","max_body_bytes":16}"#);
+        let host = MockHost::default()
+            .with(":method", "POST")
+            .with("content-type", "application/octet-stream");
+        let mut flow = Flow::new(c.clone());
+        assert_eq!(
+            sniff(
+                &mut flow,
+                &host,
+                &["\x00binary upload, much larger than the cap"]
+            ),
+            Step::Continue(vec![])
+        );
+        let mut flow = Flow::new(c);
+        let Step::Reply(r) = sniff(
+            &mut flow,
+            &host,
+            &["{\"jsonrpc\":\"2.0\",\"method\":\"tools/call\"", "}"],
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.status, 413);
+    }
+
+    #[test]
+    fn compressed_bodies_are_refused() {
+        for encoding in ["gzip", "br", "deflate", "identity, gzip", "GZIP"] {
+            let host = MockHost::post_json().with("content-encoding", encoding);
+            let mut flow = Flow::new(cfg(BASIC));
+            let Step::Reply(r) = flow.on_request_headers(false, &host) else {
+                panic!("{encoding}")
+            };
+            assert_eq!(r.status, 415);
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(v["error"]["code"], -32600);
+            assert_eq!(host.count_of(Counter::ParseError), 1);
+        }
+        for encoding in ["identity", "", "Identity"] {
+            let host = MockHost::post_json().with("content-encoding", encoding);
+            let mut flow = Flow::new(cfg(BASIC));
+            assert_eq!(
+                flow.on_request_headers(false, &host),
+                Step::Pause,
+                "{encoding}"
+            );
+        }
+    }
+
+    #[test]
+    fn batches_can_be_refused() {
+        let host = MockHost::post_json();
+        let mut flow = Flow::new(cfg(
+            r#"{"domain":"mcp","rls_cluster":"r","refuse_batches":true}"#,
+        ));
+        let Step::Reply(r) = drive(&mut flow, &host, &format!("[{}]", call("a"))) else {
+            panic!()
+        };
+        assert_eq!(r.status, 400);
+        assert!(r.body.contains("batches are not accepted"), "{}", r.body);
     }
 
     #[test]
@@ -810,10 +1015,12 @@ mod tests {
             "Application/JSON",
             "application/json; charset=utf-8",
             " application/json ;x=y",
+            "application/json-rpc",
+            "application/vnd.api+json",
         ] {
             assert!(is_json(ct.as_bytes()), "{ct}");
         }
-        for ct in ["application/jsonx", "text/json", "application/json-rpc", ""] {
+        for ct in ["application/jsonx", "text/json", "text/plain", ""] {
             assert!(!is_json(ct.as_bytes()), "{ct}");
         }
     }

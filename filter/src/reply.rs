@@ -156,6 +156,24 @@ pub fn header_mismatch(id: Option<&str>, reason: &str) -> LocalReply {
     }
 }
 
+/// A compressed request body, which the filter cannot judge (HTTP 415).
+pub fn unsupported_encoding() -> LocalReply {
+    let mut body = String::with_capacity(128);
+    error_object(
+        &mut body,
+        Some("null"),
+        INVALID_REQUEST,
+        r#""Unsupported content-encoding""#,
+        Some(r#"{"reason":"request bodies must not be compressed"}"#),
+    );
+    LocalReply {
+        status: 415,
+        headers: vec![(JSON.0.to_owned(), JSON.1.to_owned())],
+        body,
+        detail: "mcp_ratelimit_unsupported_encoding",
+    }
+}
+
 /// A body over `max_body_bytes` (HTTP 413).
 pub fn too_large(max: usize) -> LocalReply {
     let mut body = String::with_capacity(128);
