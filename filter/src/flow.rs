@@ -18,6 +18,9 @@ pub trait Host {
     fn metadata(&self, namespace: &str, path: &[String]) -> Option<Vec<u8>>;
     /// Increments a counter.
     fn count(&self, counter: Counter);
+    /// Whether any of these request headers (lowercase) is given more than
+    /// once.
+    fn any_repeated(&self, names: &[&str]) -> bool;
 }
 
 /// The filter's counters (Envoy stats `wasmcustom.mcp_ratelimit.<name>`).
@@ -199,6 +202,26 @@ impl Flow {
                     .map(|p| host.request_header(&p.header))
                     .collect(),
             };
+            // Components could read different values of a repeated routing
+            // header (Envoy gives the filter the first one): refuse it.
+            if self.mcp.has_routing_headers()
+                || (self.cfg.header_fast_path && self.mcp.protocol_version.is_some())
+            {
+                let mut names = vec![
+                    mcp_headers::PROTOCOL_VERSION,
+                    mcp_headers::METHOD,
+                    mcp_headers::NAME,
+                ];
+                names.extend(self.cfg.param_headers.iter().map(|p| p.header.as_str()));
+                if host.any_repeated(&names) {
+                    host.count(Counter::HeaderMismatch);
+                    self.state = State::Responded;
+                    return Step::Reply(reply::header_mismatch(
+                        None,
+                        "an MCP header is given more than once",
+                    ));
+                }
+            }
             // A request without a body is not a valid MCP message: leave it
             // to the body path, which refuses it.
             if self.cfg.header_fast_path && !end_of_stream {
@@ -677,6 +700,7 @@ mod tests {
     struct MockHost {
         headers: HashMap<String, Vec<u8>>,
         metadata: HashMap<String, Vec<u8>>,
+        repeated: Vec<String>,
         counts: RefCell<HashMap<Counter, u64>>,
     }
 
@@ -708,6 +732,9 @@ mod tests {
         }
         fn count(&self, counter: Counter) {
             *self.counts.borrow_mut().entry(counter).or_default() += 1;
+        }
+        fn any_repeated(&self, names: &[&str]) -> bool {
+            names.iter().any(|n| self.repeated.contains(&n.to_string()))
         }
     }
 
@@ -1345,6 +1372,19 @@ mod tests {
             assert_eq!(host.count_of(Counter::HeaderMismatch), 1);
             assert_eq!(host.count_of(Counter::Checked), 0);
         }
+    }
+
+    #[test]
+    fn repeated_routing_headers_are_refused() {
+        let mut host = modern_call(MockHost::post_json(), "search_docs");
+        host.repeated.push("mcp-name".into());
+        let mut flow = Flow::new(cfg(BASIC));
+        let Step::Reply(r) = flow.on_request_headers(false, &host) else {
+            panic!()
+        };
+        assert_eq!(r.status, 400);
+        assert!(r.body.contains("-32020"), "{}", r.body);
+        assert_eq!(host.count_of(Counter::HeaderMismatch), 1);
     }
 
     #[test]

@@ -138,6 +138,19 @@ impl Host for Env {
     fn count(&self, counter: Counter) {
         self.metrics.increment(counter);
     }
+
+    fn any_repeated(&self, names: &[&str]) -> bool {
+        let Ok(pairs) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+            return false;
+        };
+        names.iter().any(|n| {
+            pairs
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(n))
+                .count()
+                > 1
+        })
+    }
 }
 
 /// Where a step is carried out: a filter callback that returns an action,
