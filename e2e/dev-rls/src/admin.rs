@@ -4,6 +4,8 @@
 //! * `GET /requests` — the recorded requests, oldest first (at most 1000)
 //! * `POST /reset` — clears counters, recorded requests and call counts
 //! * `GET /healthz` — `ok`
+//! * `POST /fault?mode=<mode>` — sets the fault mode (see [`crate::fault`]; `mode=none`
+//!   clears it); `GET /fault` — `{"mode": "<mode>", "faulted": N}`
 //!
 //! Each connection serves one request and is closed.
 
@@ -13,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::DevRls;
+use crate::{DevRls, Fault};
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
@@ -65,7 +67,7 @@ impl Reply {
 
 async fn handle(mut stream: TcpStream, rls: &DevRls) -> std::io::Result<()> {
     let reply = match read_request(&mut stream).await? {
-        Some((method, path)) => route(&method, &path, rls),
+        Some((method, target)) => route(&method, &target, rls),
         None => Reply::text("400 Bad Request", "bad request"),
     };
     let head = format!(
@@ -79,7 +81,7 @@ async fn handle(mut stream: TcpStream, rls: &DevRls) -> std::io::Result<()> {
     stream.shutdown().await
 }
 
-/// Reads the request head (and discards any body); returns the method and path.
+/// Reads the request head (and discards any body); returns the method and target.
 async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<(String, String)>> {
     let mut buf = Vec::with_capacity(1024);
     let head_end = loop {
@@ -117,11 +119,40 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<(String,
         }
         have += n;
     }
-    let path = target.split('?').next().unwrap_or(target).to_owned();
-    Ok(Some((method.to_owned(), path)))
+    Ok(Some((method.to_owned(), target.to_owned())))
 }
 
-fn route(method: &str, path: &str, rls: &DevRls) -> Reply {
+/// The value of `name` in the query of `target`, percent-decoded (`None` if absent or
+/// not UTF-8 once decoded).
+fn query_param(target: &str, name: &str) -> Option<String> {
+    let (_, query) = target.split_once('?')?;
+    let raw = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)?;
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex: String = bytes.by_ref().take(2).map(char::from).collect();
+                out.push(u8::from_str_radix(&hex, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            other => out.push(other),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn fault_json(rls: &DevRls) -> String {
+    let mode = serde_json::to_string(&rls.fault().to_string()).unwrap_or_default();
+    format!("{{\"mode\":{mode},\"faulted\":{}}}", rls.faulted())
+}
+
+fn route(method: &str, target: &str, rls: &DevRls) -> Reply {
+    let path = target.split('?').next().unwrap_or(target);
     let to_json = |value: Result<String, serde_json::Error>| match value {
         Ok(body) => Reply::json(body),
         Err(e) => Reply::text("500 Internal Server Error", &e.to_string()),
@@ -134,9 +165,40 @@ fn route(method: &str, path: &str, rls: &DevRls) -> Reply {
             Reply::json("{\"reset\":true}".to_owned())
         }
         ("GET", "/healthz") => Reply::text("200 OK", "ok"),
-        (_, "/stats" | "/requests" | "/reset" | "/healthz") => {
+        ("GET", "/fault") => Reply::json(fault_json(rls)),
+        ("POST", "/fault") => match query_param(target, "mode").map(|m| m.parse::<Fault>()) {
+            Some(Ok(fault)) => {
+                rls.set_fault(fault);
+                Reply::json(fault_json(rls))
+            }
+            Some(Err(e)) => Reply::text("400 Bad Request", &e.to_string()),
+            None => Reply::text("400 Bad Request", "POST /fault needs ?mode=<mode>"),
+        },
+        (_, "/stats" | "/requests" | "/reset" | "/healthz" | "/fault") => {
             Reply::text("405 Method Not Allowed", "method not allowed")
         }
         _ => Reply::text("404 Not Found", "not found"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::query_param;
+
+    #[test]
+    fn query_param_is_found_and_percent_decoded() {
+        assert_eq!(
+            query_param("/fault?mode=slow%3A300", "mode").as_deref(),
+            Some("slow:300")
+        );
+        assert_eq!(
+            query_param("/fault?x=1&mode=garbage:2", "mode").as_deref(),
+            Some("garbage:2")
+        );
+        assert_eq!(query_param("/fault?mode=", "mode").as_deref(), Some(""));
+        assert_eq!(query_param("/fault", "mode"), None);
+        assert_eq!(query_param("/fault?modes=none", "mode"), None);
+        assert_eq!(query_param("/fault?mode=%zz", "mode"), None);
     }
 }

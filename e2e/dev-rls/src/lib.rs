@@ -32,6 +32,12 @@
 //!   `shadow_mode` (and `quota_mode`) limits are counted and report `limit_remaining` but
 //!   keep code OK. The overall code is OVER_LIMIT if any status is.
 //!
+//! # Fault injection
+//!
+//! For tests of clients, [`DevRls::set_fault`] (or the admin `POST /fault?mode=...`) makes
+//! the gRPC service answer with garbage, a gRPC error status, a delay or an unknown
+//! overall code instead of deciding: see [`fault`].
+//!
 //! # Starting it in-process
 //!
 //! ```no_run
@@ -72,6 +78,7 @@ mod admin;
 mod clock;
 pub mod config;
 mod counters;
+pub mod fault;
 mod record;
 mod server;
 mod service;
@@ -83,6 +90,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
     ConfigError, ConfigSource, LoadOptions, MatchedLimit, RateLimit, RateLimitConfig, Unit,
 };
+pub use fault::{BadFault, Fault, FaultInjection};
 pub use record::{
     RecordedDescriptor, RecordedEntry, RecordedRequest, Stats, MAX_RECORDED_REQUESTS,
 };

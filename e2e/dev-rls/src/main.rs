@@ -13,7 +13,8 @@ usage: dev-rls --config FILE [--config FILE ...] --listen ADDR [--admin ADDR] [-
 
   --config FILE     envoyproxy/ratelimit YAML config file (repeatable, loaded in order)
   --listen ADDR     gRPC listen address, e.g. 127.0.0.1:8081 (port 0 picks a free port)
-  --admin ADDR      also serve GET /stats, GET /requests, POST /reset over HTTP on ADDR
+  --admin ADDR      also serve GET /stats, GET /requests, POST /reset and
+                    POST /fault?mode=... (fault injection, for tests) over HTTP on ADDR
   --merge-domains   merge files that declare the same domain (reference: MERGE_DOMAIN_CONFIG)
   --verbose         log every ShouldRateLimit call to stderr
   --check           only load and validate the configs: print `ok` (exit 0) or the error (exit 1)
@@ -147,8 +148,20 @@ async fn run(args: Args) -> ExitCode {
         say(&format!("dev-rls admin on {admin}"));
     }
     wait_for_signal().await;
+    let rls = server.rls().clone();
     match server.shutdown().await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            // The final counts, once no call can come any more (tests read them after
+            // stopping the service).
+            let stats = rls.stats();
+            say(&format!(
+                "dev-rls stopped: calls={} over_limit={} faulted={}",
+                stats.calls,
+                stats.over_limit,
+                rls.faulted()
+            ));
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("dev-rls: {e}");
             ExitCode::FAILURE

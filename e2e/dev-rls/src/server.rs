@@ -6,7 +6,7 @@ use std::path::Path;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{admin, DevRls, Error, LoadOptions, RateLimitConfig};
 
@@ -60,10 +60,12 @@ pub async fn serve(rls: DevRls, options: ServerOptions) -> Result<RunningServer,
     let (stop, stop_rx) = watch::channel(false);
     let mut grpc_stop = stop_rx.clone();
     let service = rls.grpc_service();
+    // Answers leave at once (no Nagle delay behind a client's delayed ACK).
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc_task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_stop.wait_for(|stop| *stop).await;
             })
             .await

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
@@ -18,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{MatchedLimit, RateLimit, RateLimitConfig, Unit};
 use crate::counters::Counters;
+use crate::fault::{Fault, FaultInjection, GARBAGE};
 use crate::record::{RecordedRequest, Recorder, Stats};
 
 /// The development rate-limit service: configuration, counters and request log.
@@ -35,6 +37,11 @@ struct Inner {
     recorder: Mutex<Recorder>,
     clock: Arc<dyn Clock>,
     verbose: bool,
+    fault: RwLock<Fault>,
+    /// Garbage payloads sent since the fault was last set (for the rotation).
+    garbage_sent: AtomicUsize,
+    /// gRPC calls answered with an injected fault since start or the last reset.
+    faulted: AtomicU64,
 }
 
 impl std::fmt::Debug for DevRls {
@@ -76,6 +83,9 @@ impl DevRlsBuilder {
                 recorder: Mutex::new(Recorder::default()),
                 clock: self.clock,
                 verbose: self.verbose,
+                fault: RwLock::new(Fault::None),
+                garbage_sent: AtomicUsize::new(0),
+                faulted: AtomicU64::new(0),
             }),
         })
     }
@@ -145,16 +155,64 @@ impl DevRls {
         self.recorder().requests()
     }
 
-    /// Clears every counter, the recorded requests and the call counts.
+    /// Clears every counter, the recorded requests and the call counts (including
+    /// [`DevRls::faulted`]). The fault mode is kept.
     pub fn reset(&self) {
         let mut recorder = self.recorder();
         self.inner.counters.clear();
         recorder.clear();
+        self.inner.faulted.store(0, Ordering::SeqCst);
     }
 
-    /// A tonic service for `RateLimitService/ShouldRateLimit` backed by this instance.
-    pub fn grpc_service(&self) -> RateLimitServiceServer<GrpcService> {
-        RateLimitServiceServer::new(GrpcService { rls: self.clone() })
+    /// Makes the gRPC service answer every following call with `fault` (see
+    /// [`crate::fault`]); [`Fault::None`] restores normal answers. The `garbage` rotation
+    /// starts again from its first payload.
+    pub fn set_fault(&self, fault: Fault) {
+        let mut current = self
+            .inner
+            .fault
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.inner.garbage_sent.store(0, Ordering::SeqCst);
+        *current = fault;
+    }
+
+    /// The fault mode in force.
+    pub fn fault(&self) -> Fault {
+        *self
+            .inner
+            .fault
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// gRPC calls answered with an injected fault (every mode but `slow`) since start or
+    /// the last [`DevRls::reset`].
+    pub fn faulted(&self) -> u64 {
+        self.inner.faulted.load(Ordering::SeqCst)
+    }
+
+    fn count_fault(&self) {
+        self.inner.faulted.fetch_add(1, Ordering::SeqCst);
+        if self.inner.verbose {
+            eprintln!("dev-rls: answered with injected fault {}", self.fault());
+        }
+    }
+
+    /// Counts a garbage answer and says which payload of [`GARBAGE`] it sends.
+    pub(crate) fn next_garbage(&self, pinned: Option<usize>) -> usize {
+        self.count_fault();
+        let sent = self.inner.garbage_sent.fetch_add(1, Ordering::SeqCst);
+        pinned.unwrap_or(sent % GARBAGE.len())
+    }
+
+    /// A tonic service for `RateLimitService/ShouldRateLimit` backed by this instance,
+    /// applying the fault set with [`DevRls::set_fault`].
+    pub fn grpc_service(&self) -> FaultInjection<RateLimitServiceServer<GrpcService>> {
+        FaultInjection::new(
+            RateLimitServiceServer::new(GrpcService { rls: self.clone() }),
+            self.clone(),
+        )
     }
 
     /// Answers one ShouldRateLimit request, counting its hits, and records it.
@@ -400,7 +458,8 @@ fn describe_call(request: &RateLimitRequest, result: &Result<RateLimitResponse, 
     line
 }
 
-/// The tonic service type returned by [`DevRls::grpc_service`].
+/// The typed tonic service inside [`DevRls::grpc_service`]: decides, or applies the
+/// injected fault (all but `garbage`, which the layer in front answers).
 #[derive(Clone, Debug)]
 pub struct GrpcService {
     rls: DevRls,
@@ -412,6 +471,27 @@ impl RateLimitService for GrpcService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
+        match self.rls.fault() {
+            // Answered by the FaultInjection layer in front; decide normally if this
+            // service is used without it.
+            Fault::None | Fault::Garbage(_) => {}
+            Fault::Slow(delay) => tokio::time::sleep(delay).await,
+            Fault::Unavailable => {
+                self.rls.count_fault();
+                return Err(Status::unavailable("dev-rls: injected fault"));
+            }
+            Fault::Internal => {
+                self.rls.count_fault();
+                return Err(Status::internal("dev-rls: injected fault"));
+            }
+            Fault::UnknownCode(code) => {
+                self.rls.count_fault();
+                return Ok(Response::new(RateLimitResponse {
+                    overall_code: code,
+                    ..Default::default()
+                }));
+            }
+        }
         self.rls
             .should_rate_limit(request.get_ref())
             .map(Response::new)

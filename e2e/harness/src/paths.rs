@@ -6,6 +6,7 @@
 //! | dev-rls | `DEV_RLS_BIN` | newest of `<target>/debug/dev-rls`, `<target>/release/dev-rls` |
 //! | mcp-upstream | `MCP_UPSTREAM_BIN` | `CARGO_BIN_EXE_mcp-upstream` (run time), else newest of `<target>/{debug,release}/mcp-upstream` |
 //! | filter wasm | `MCP_RATELIMIT_WASM` | `<target>/mcp_ratelimit.wasm` (what `make build` ships) |
+//! | filter wasm that panics on request (feature `panic-test`) | `MCP_RATELIMIT_PANIC_WASM` | `<target>/mcp_ratelimit_panic_test.wasm` (`make wasm-panic-test`) |
 //! | Python with the MCP SDK | `MCP_PYTHON` | `<root>/.venv/bin/python` (what `make deps` installs) |
 //! | Node.js | `NODE_BIN` | `node` on `PATH` |
 //!
@@ -112,6 +113,23 @@ impl Paths {
         }
         Err(Error::new(format!(
             "filter wasm not found at {}: run `make build` or set MCP_RATELIMIT_WASM",
+            p.display()
+        )))
+    }
+
+    /// The filter built with the test-only `panic-test` feature: a request with the
+    /// header `x-mcp-ratelimit-test-panic` makes its VM panic.
+    pub fn panic_wasm(&self) -> Result<PathBuf> {
+        if let Some(p) = from_env("MCP_RATELIMIT_PANIC_WASM")? {
+            return Ok(p);
+        }
+        let p = self.target.join("mcp_ratelimit_panic_test.wasm");
+        if p.is_file() {
+            return Ok(p);
+        }
+        Err(Error::new(format!(
+            "panic-test wasm not found at {}: run `make wasm-panic-test` or set \
+             MCP_RATELIMIT_PANIC_WASM",
             p.display()
         )))
     }

@@ -233,6 +233,13 @@ impl DevRls {
     /// Writes each config text (envoyproxy/ratelimit YAML) to a file in the
     /// process's temp dir and starts the binary found by [`Paths::dev_rls`].
     pub fn start(configs: &[&str]) -> Result<DevRls> {
+        Self::start_on(0, configs)
+    }
+
+    /// [`DevRls::start`] with the gRPC listener on this port of 127.0.0.1 (0: any free
+    /// port), e.g. to restart the service where Envoy's cluster points. The admin
+    /// listener still takes a free port.
+    pub fn start_on(port: u16, configs: &[&str]) -> Result<DevRls> {
         let bin = Paths::discover().dev_rls()?;
         let dir = test_dir("dev-rls")?;
         let mut paths = Vec::new();
@@ -241,22 +248,27 @@ impl DevRls {
             std::fs::write(&path, text).context(|| format!("cannot write {}", path.display()))?;
             paths.push(path);
         }
-        Self::launch(&bin, dir, paths)
+        Self::launch(&bin, dir, paths, port)
     }
 
     /// Starts the binary found by [`Paths::dev_rls`] with these config files.
     pub fn start_files(configs: &[PathBuf]) -> Result<DevRls> {
         let bin = Paths::discover().dev_rls()?;
-        Self::launch(&bin, test_dir("dev-rls")?, configs.to_vec())
+        Self::launch(&bin, test_dir("dev-rls")?, configs.to_vec(), 0)
     }
 
-    fn launch(bin: &Path, dir: tempfile::TempDir, configs: Vec<PathBuf>) -> Result<DevRls> {
+    fn launch(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        configs: Vec<PathBuf>,
+        port: u16,
+    ) -> Result<DevRls> {
         let mut cmd = Command::new(bin);
         for c in &configs {
             cmd.arg("--config").arg(c);
         }
         cmd.arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(format!("127.0.0.1:{port}"))
             .arg("--admin")
             .arg("127.0.0.1:0");
         let mut proc = Proc::spawn_in(dir, "dev-rls", &mut cmd)?;
@@ -306,6 +318,36 @@ impl DevRls {
             .ok_or_else(|| Error::new(format!("dev-rls /stats has no numeric `calls`: {stats}")))
     }
 
+    /// Admin `POST /fault?mode=<mode>`: from now on every gRPC call is answered with
+    /// this fault (`garbage`, `garbage:<i>`, `unavailable`, `internal`, `slow:<ms>`,
+    /// `unknown_code`, `unknown_code:<n>`), or normally again with `none`. See dev-rls's
+    /// `fault` module.
+    pub fn set_fault(&self, mode: &str) -> Result<()> {
+        let resp = Request::post(&format!("/fault?mode={mode}")).send(self.admin)?;
+        if resp.status != 200 {
+            return Err(Error::new(format!(
+                "dev-rls refused fault mode {mode:?} ({}): {}",
+                resp.status,
+                resp.text()
+            )));
+        }
+        let v = resp.try_json()?;
+        if v.get("mode").and_then(Value::as_str) != Some(mode) {
+            return Err(Error::new(format!(
+                "dev-rls set another fault mode than {mode:?}: {v}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Calls answered with an injected fault so far (admin `GET /fault`).
+    pub fn faulted(&self) -> Result<u64> {
+        let v = ok_json(Request::get("/fault").send(self.admin), "dev-rls /fault")?;
+        v.get("faulted")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| Error::new(format!("dev-rls /fault has no numeric `faulted`: {v}")))
+    }
+
     /// Its stderr and stdout.
     pub fn logs(&self) -> String {
         self.proc.logs()
@@ -320,6 +362,31 @@ impl DevRls {
     /// service (also done on drop).
     pub fn stop(&mut self) -> Result<ExitStatus> {
         self.proc.stop()
+    }
+
+    /// Stops it (SIGTERM: in-flight calls are answered first) and returns its
+    /// final `(calls, over_limit)`, as it prints them on exit: exact even while
+    /// calls were still arriving.
+    pub fn stop_and_count(&mut self) -> Result<(u64, u64)> {
+        let status = self.proc.stop()?;
+        const STOPPED: &str = "dev-rls stopped: ";
+        let out = self.proc.stdout();
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix(STOPPED))
+            .ok_or_else(|| {
+                Error::new(format!(
+                    "dev-rls ({status}) printed no `{STOPPED}` line\n{}",
+                    self.logs()
+                ))
+            })?;
+        let field = |name: &str| -> Result<u64> {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::new(format!("no numeric {name} in {line:?}")))
+        };
+        Ok((field("calls")?, field("over_limit")?))
     }
 
     /// The underlying process guard (e.g. [`Proc::pause`] to make it hang).

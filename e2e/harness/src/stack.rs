@@ -16,6 +16,12 @@ pub fn wasm_path() -> Result<String> {
     Ok(Paths::discover().wasm()?.display().to_string())
 }
 
+/// Path of the filter module built with the `panic-test` feature, as a string
+/// for a config.
+pub fn panic_wasm_path() -> Result<String> {
+    Ok(Paths::discover().panic_wasm()?.display().to_string())
+}
+
 /// Replaces the plugin configuration of a shipped config (the JSON block
 /// under `value: |`) with `plugin`, on one line.
 pub fn with_plugin(yaml: &str, plugin: &str) -> Result<String> {
