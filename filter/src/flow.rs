@@ -347,10 +347,12 @@ impl Flow {
             State::Denying { reply } => return Step::Reply(self.pending_reply(reply, body)),
             State::Sniffing => match body.iter().find(|b| !b.is_ascii_whitespace()) {
                 Some(b'{' | b'[') => {
+                    // Only the first bytes were read: a JSON-shaped body
+                    // over the cap is refused, ended or not.
+                    if self.body_size > self.cfg.max_body_bytes {
+                        return self.reply_too_large(host);
+                    }
                     if !self.body_done {
-                        if self.body_size > self.cfg.max_body_bytes {
-                            return self.reply_too_large(host);
-                        }
                         self.state = State::Buffering {
                             size: self.body_size,
                         };
@@ -993,6 +995,30 @@ mod tests {
             &host,
             &["{\"jsonrpc\":\"2.0\",\"method\":\"tools/call\"", "}"],
         ) else {
+            panic!()
+        };
+        assert_eq!(r.status, 413);
+    }
+
+    #[test]
+    fn oversized_json_shaped_body_in_one_chunk_is_refused() {
+        // Its first max_body_bytes bytes alone could pass for a tools/list.
+        let c = cfg(r#"{"domain":"mcp","rls_cluster":"r","max_body_bytes":64}"#);
+        let host = MockHost::default()
+            .with(":method", "POST")
+            .with("content-type", "text/plain");
+        let mut body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#.to_owned();
+        body.push_str(&" ".repeat(64 - body.len()));
+        body.push_str(
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"search_docs"}}"#,
+        );
+        let mut flow = Flow::new(c);
+        assert_eq!(flow.on_request_headers(false, &host), Step::Pause);
+        assert_eq!(
+            flow.on_request_body(body.len(), true, &host),
+            Step::ReadBody(64)
+        );
+        let Step::Reply(r) = flow.on_body(&body.as_bytes()[..64], &host) else {
             panic!()
         };
         assert_eq!(r.status, 413);
