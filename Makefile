@@ -26,7 +26,7 @@ export DEV_RLS_BIN := $(abspath target/release/dev-rls)
 export MCP_UPSTREAM_BIN := $(abspath target/release/mcp-upstream)
 export MCP_RATELIMIT_WASM := $(abspath $(WASM))
 
-.PHONY: help deps build wasm wasm-panic-test bins lint unit artifact e2e demo test run bench oci clean
+.PHONY: help deps build wasm wasm-panic-test bins lint unit artifact e2e demo test run bench oci clean fuzz
 
 help:
 	@echo "make run    - build, start Envoy + dev-rls + an MCP server locally, show a limit being hit"
@@ -162,3 +162,43 @@ bench: build $(STAMPS)/wrk
 
 clean:
 	cargo clean
+
+## Fuzzing ----------------------------------------------------------------
+
+# The cargo-fuzz targets of fuzz/, one after the other, FUZZ_SECONDS each, in
+# one process on one core. Each starts from the committed seeds (fuzz/seeds/)
+# and grows a corpus in fuzz/corpus/, which is not committed. cargo-fuzz
+# passes nightly-only rustc flags: RUSTC_BOOTSTRAP lets the stable toolchain
+# accept them. The filter has no unsafe code, so the default is no sanitizer
+# (about 6 times the executions); FUZZ_SANITIZER=address adds ASan. A target
+# that crashes leaves its input in fuzz/artifacts/ and fails the run, after
+# the other targets have had their turn. Not part of `test`.
+FUZZ_SECONDS ?= 60
+FUZZ_SANITIZER ?= none
+FUZZ_TARGETS := parse_body request_flow rls_response config
+FUZZ_LOGS := target/fuzz
+
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build --sanitizer $(FUZZ_SANITIZER)
+	@mkdir -p $(FUZZ_LOGS)
+	@total=0; failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  dict=$$( [ -f fuzz/dict/$$t.dict ] && echo "-dict=dict/$$t.dict" || true ); \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s (log: $(FUZZ_LOGS)/$$t.log)"; \
+	  if (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $(FUZZ_SANITIZER) $$t \
+	      corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+	      -print_final_stats=1 $$dict) >$(FUZZ_LOGS)/$$t.log 2>&1; then \
+	    grep -E '^#[0-9]+[[:space:]]+DONE' $(FUZZ_LOGS)/$$t.log | tail -n 1; \
+	  else \
+	    grep -E -A 3 'panicked at|^==[0-9]+==ERROR|^SUMMARY' $(FUZZ_LOGS)/$$t.log | head -n 20; \
+	    grep -E 'Test unit written to|^Running:' $(FUZZ_LOGS)/$$t.log | tail -n 1; \
+	    failed="$$failed $$t"; \
+	  fi; \
+	  n=$$(sed -n 's/^stat::number_of_executed_units: *//p' $(FUZZ_LOGS)/$$t.log | tail -n 1); \
+	  echo "fuzz: $$t: $${n:-0} executions$$(case " $$failed " in *" $$t "*) echo ", CRASHED";; *) echo ", no crash";; esac)"; \
+	  total=$$((total + $${n:-0})); \
+	done; \
+	echo "fuzz: $$total executions in total across $(words $(FUZZ_TARGETS)) targets"; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashed:$$failed"; exit 1; fi

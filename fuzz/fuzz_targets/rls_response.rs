@@ -1,0 +1,75 @@
+//! Arbitrary bytes as a `RateLimitResponse`: decoding never panics, and a
+//! verdict agrees with the message as prost reads it.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mcp_ratelimit::rls::{self, pb, RlsError, Verdict};
+use prost::Message;
+
+fuzz_target!(|data: &[u8]| {
+    let verdict = rls::decode_response(data);
+    assert_eq!(
+        verdict,
+        rls::decode_response(data),
+        "decoding is deterministic"
+    );
+    let Ok(msg) = pb::RateLimitResponse::decode(data) else {
+        assert_eq!(verdict, Err(RlsError::Undecodable));
+        return;
+    };
+    match verdict {
+        Ok(Verdict::Ok {
+            request_headers,
+            response_headers,
+        }) => {
+            assert_eq!(msg.overall_code, rls::CODE_OK);
+            check_headers(&request_headers, &msg.request_headers_to_add);
+            check_headers(&response_headers, &msg.response_headers_to_add);
+        }
+        Ok(Verdict::OverLimit {
+            retry_after,
+            response_headers,
+        }) => {
+            assert_eq!(msg.overall_code, rls::CODE_OVER_LIMIT);
+            assert!(retry_after >= 1, "Retry-After must be at least 1");
+            // The longest reset among the over-limit statuses, rounded up.
+            let longest = msg
+                .statuses
+                .iter()
+                .filter(|s| s.code == rls::CODE_OVER_LIMIT)
+                .filter_map(|s| s.duration_until_reset.as_ref())
+                .map(|d| {
+                    let secs = i128::from(d.seconds) + i128::from(d.nanos > 0);
+                    secs.clamp(0, i128::from(u64::MAX))
+                })
+                .max()
+                .unwrap_or(0)
+                .max(1);
+            assert_eq!(i128::from(retry_after), longest);
+            check_headers(&response_headers, &msg.response_headers_to_add);
+        }
+        Err(RlsError::UnknownCode(code)) => {
+            assert_eq!(code, msg.overall_code);
+            assert!(code != rls::CODE_OK && code != rls::CODE_OVER_LIMIT);
+        }
+        Err(e) => panic!("prost decodes the reply but the filter says {e:?}"),
+    }
+});
+
+/// Headers handed to the proxy: token names in lowercase, values without
+/// control characters, each taken from the reply in order.
+fn check_headers(got: &[(String, String)], sent: &[pb::HeaderValue]) {
+    assert!(got.len() <= sent.len());
+    for (k, v) in got {
+        assert!(!k.is_empty());
+        assert!(k
+            .bytes()
+            .all(|b| (b.is_ascii_alphanumeric() && !b.is_ascii_uppercase())
+                || b"!#$%&'*+-.^_`|~".contains(&b)));
+        assert!(v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f)));
+        assert!(!v.contains('\r') && !v.contains('\n'));
+        assert!(sent.iter().any(|h| h.key.to_ascii_lowercase() == *k
+            && (h.value == *v || (h.value.is_empty() && h.raw_value == v.as_bytes()))));
+    }
+}
