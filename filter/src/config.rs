@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::mcp_headers::{METHOD, NAME, PROTOCOL_VERSION};
 use crate::rls;
 
 /// The default cap on a buffered request body (1 MiB).
@@ -41,6 +42,8 @@ pub struct Config {
     pub param_headers: Vec<ParamHeader>,
     /// `param_headers[i].argument`, for the parser.
     pub argument_keys: Vec<String>,
+    /// The MCP headers that must not be repeated (lowercase).
+    pub mcp_header_names: Vec<String>,
     pub descriptors: Vec<Vec<Entry>>,
     pub over_limit: Reply,
     pub rls_failure: Reply,
@@ -302,6 +305,11 @@ impl Config {
             return err("`header_fast_path` needs `validate_mcp_headers` (requests that fall back to the body must still be checked)");
         }
         let argument_keys = param_headers.iter().map(|p| p.argument.clone()).collect();
+        let mcp_header_names = [PROTOCOL_VERSION, METHOD, NAME]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(param_headers.iter().map(|p| p.header.clone()))
+            .collect();
         let descriptors = match raw.descriptors {
             None => vec![vec![Entry {
                 key: "tool".to_owned(),
@@ -358,6 +366,7 @@ impl Config {
             header_fast_path: raw.header_fast_path,
             param_headers,
             argument_keys,
+            mcp_header_names,
             descriptors,
             over_limit,
             rls_failure,

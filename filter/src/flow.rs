@@ -20,7 +20,7 @@ pub trait Host {
     fn count(&self, counter: Counter);
     /// Whether any of these request headers (lowercase) is given more than
     /// once.
-    fn any_repeated(&self, names: &[&str]) -> bool;
+    fn any_repeated(&self, names: &[String]) -> bool;
 }
 
 /// The filter's counters (Envoy stats `wasmcustom.mcp_ratelimit.<name>`).
@@ -204,23 +204,15 @@ impl Flow {
             };
             // Components could read different values of a repeated routing
             // header (Envoy gives the filter the first one): refuse it.
-            if self.mcp.has_routing_headers()
-                || (self.cfg.header_fast_path && self.mcp.protocol_version.is_some())
-            {
-                let mut names = vec![
-                    mcp_headers::PROTOCOL_VERSION,
-                    mcp_headers::METHOD,
-                    mcp_headers::NAME,
-                ];
-                names.extend(self.cfg.param_headers.iter().map(|p| p.header.as_str()));
-                if host.any_repeated(&names) {
-                    host.count(Counter::HeaderMismatch);
-                    self.state = State::Responded;
-                    return Step::Reply(reply::header_mismatch(
-                        None,
-                        "an MCP header is given more than once",
-                    ));
-                }
+            let may_repeat = self.mcp.has_routing_headers()
+                || (self.cfg.header_fast_path && self.mcp.protocol_version.is_some());
+            if may_repeat && host.any_repeated(&self.cfg.mcp_header_names) {
+                host.count(Counter::HeaderMismatch);
+                self.state = State::Responded;
+                return Step::Reply(reply::header_mismatch(
+                    None,
+                    "an MCP header is given more than once",
+                ));
             }
             // A request without a body is not a valid MCP message: leave it
             // to the body path, which refuses it.
@@ -735,8 +727,8 @@ mod tests {
         fn count(&self, counter: Counter) {
             *self.counts.borrow_mut().entry(counter).or_default() += 1;
         }
-        fn any_repeated(&self, names: &[&str]) -> bool {
-            names.iter().any(|n| self.repeated.contains(&n.to_string()))
+        fn any_repeated(&self, names: &[String]) -> bool {
+            names.iter().any(|n| self.repeated.contains(n))
         }
     }
 

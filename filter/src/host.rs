@@ -139,7 +139,7 @@ impl Host for Env {
         self.metrics.increment(counter);
     }
 
-    fn any_repeated(&self, names: &[&str]) -> bool {
+    fn any_repeated(&self, names: &[String]) -> bool {
         let Ok(pairs) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
             return false;
         };
