@@ -3,7 +3,13 @@
 //! substituted.
 
 use crate::paths::Paths;
-use crate::{render, Context, Error, Result};
+use std::net::SocketAddr;
+
+use serde_json::Value;
+
+use crate::{
+    post_json, render, Context, DevRls, Envoy, Error, McpUpstream, Request, Response, Result,
+};
 
 /// Reads a shipped Envoy config, `envoy/<name>`.
 pub fn shipped(name: &str) -> Result<String> {
@@ -68,6 +74,79 @@ pub fn render_config(
     ];
     subs.extend(extra.iter().cloned());
     with_plugin(&render(template, &subs)?, plugin)
+}
+
+/// The usual end-to-end setup: dev-rls with `limits`, the `mcp-upstream`
+/// stand-in, and Envoy with a shipped config and the test's plugin
+/// configuration. Everything stops when it is dropped.
+pub struct Stack {
+    pub envoy: Envoy,
+    pub rls: DevRls,
+    pub up: McpUpstream,
+    /// Envoy's listener.
+    pub addr: SocketAddr,
+}
+
+impl Stack {
+    /// `envoy/envoy.yaml` with `plugin`, in front of dev-rls with `limits`.
+    pub fn start(plugin: &str, limits: &str) -> Stack {
+        Self::start_with("envoy.yaml", plugin, limits, &[])
+    }
+
+    /// `envoy/<template>` with `plugin` and `extra` substitutions.
+    pub fn start_with(
+        template: &str,
+        plugin: &str,
+        limits: &str,
+        extra: &[(&str, String)],
+    ) -> Stack {
+        let rls = DevRls::start(&[limits]).unwrap();
+        let up = McpUpstream::start().unwrap();
+        let yaml = render_config(
+            &shipped(template).unwrap(),
+            rls.port(),
+            up.port(),
+            plugin,
+            extra,
+        )
+        .unwrap();
+        let envoy = Envoy::start(&yaml).unwrap();
+        let addr = envoy.listener_addr().unwrap();
+        Stack {
+            envoy,
+            rls,
+            up,
+            addr,
+        }
+    }
+
+    /// POSTs a JSON body to `/mcp`.
+    pub fn post(&self, body: &str) -> Response {
+        self.post_with(body, &[])
+    }
+
+    /// POSTs a JSON body to `/mcp` with extra headers.
+    pub fn post_with(&self, body: &str, headers: &[(&str, &str)]) -> Response {
+        post_json(self.addr, "/mcp", body, headers).unwrap()
+    }
+
+    /// Sends any request to Envoy.
+    pub fn send(&self, req: Request) -> Response {
+        req.send(self.addr).unwrap()
+    }
+
+    /// A counter of the filter (`wasmcustom.mcp_ratelimit.<name>`).
+    pub fn stat(&self, name: &str) -> u64 {
+        self.envoy.stat(&format!("wasmcustom.mcp_ratelimit.{name}"))
+    }
+
+    /// What the rate-limit service received, oldest first.
+    pub fn rls_requests(&self) -> Vec<Value> {
+        let resp = Request::get("/requests")
+            .send(self.rls.admin_addr())
+            .unwrap();
+        resp.json().as_array().cloned().unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

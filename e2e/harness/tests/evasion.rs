@@ -9,9 +9,8 @@
     clippy::indexing_slicing
 )]
 
-use std::net::SocketAddr;
-
-use e2e::{post_json, stack, DevRls, Envoy, McpUpstream, Request, Response};
+use e2e::stack::Stack;
+use e2e::{Request, Response};
 use serde_json::{json, Value};
 
 /// `search_docs`: 2 a day, so a bypass shows as a third call getting through.
@@ -27,53 +26,16 @@ descriptors:
 
 const PLUGIN: &str = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000}"#;
 
-struct Stack {
-    envoy: Envoy,
-    rls: DevRls,
-    up: McpUpstream,
-    addr: SocketAddr,
+/// Starts the usual stack with this test file's limits.
+fn start(plugin: &str) -> Stack {
+    Stack::start(plugin, LIMITS)
 }
 
-impl Stack {
-    fn start(plugin: &str) -> Stack {
-        let rls = DevRls::start(&[LIMITS]).unwrap();
-        let up = McpUpstream::start().unwrap();
-        let yaml = stack::render_config(
-            &stack::shipped("envoy.yaml").unwrap(),
-            rls.port(),
-            up.port(),
-            plugin,
-            &[],
-        )
-        .unwrap();
-        let envoy = Envoy::start(&yaml).unwrap();
-        let addr = envoy.listener_addr().unwrap();
-        Stack {
-            envoy,
-            rls,
-            up,
-            addr,
-        }
-    }
-
-    fn post(&self, body: &str) -> Response {
-        post_json(self.addr, "/mcp", body, &[]).unwrap()
-    }
-
-    fn send(&self, req: Request) -> Response {
-        req.send(self.addr).unwrap()
-    }
-
-    /// Uses up `search_docs`'s two calls.
-    fn exhaust(&self) {
-        for i in 0..2 {
-            let resp = self.post(&call(100 + i, "search_docs"));
-            assert_eq!(resp.status, 200, "{resp:?}");
-        }
-    }
-
-    fn stat(&self, name: &str) -> u64 {
-        self.envoy.stat(&format!("wasmcustom.mcp_ratelimit.{name}"))
+/// Uses up `search_docs`'s two calls.
+fn exhaust(s: &Stack) {
+    for i in 0..2 {
+        let resp = s.post(&call(100 + i, "search_docs"));
+        assert_eq!(resp.status, 200, "{resp:?}");
     }
 }
 
@@ -97,7 +59,7 @@ fn assert_refused(resp: &Response, status: u16, code: i64, what: &str) {
 
 #[test]
 fn duplicate_and_case_folded_members_are_refused() {
-    let s = Stack::start(PLUGIN);
+    let s = start(PLUGIN);
     let bodies = [
         // serde_json's Value keeps the last, derived structs refuse, other
         // servers keep the first: we refuse, so no reading differs.
@@ -124,8 +86,8 @@ fn duplicate_and_case_folded_members_are_refused() {
 
 #[test]
 fn escaped_names_count_against_the_tool_they_spell() {
-    let s = Stack::start(PLUGIN);
-    s.exhaust();
+    let s = start(PLUGIN);
+    exhaust(&s);
     for body in [
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search\u005fdocs"}}"#,
         r#"{"jsonrpc":"2.0","id":2,"method":"tools\/\u0063all","params":{"name":"search_docs"}}"#,
@@ -138,7 +100,7 @@ fn escaped_names_count_against_the_tool_they_spell() {
 
 #[test]
 fn compressed_bodies_are_refused() {
-    let s = Stack::start(PLUGIN);
+    let s = start(PLUGIN);
     for encoding in ["gzip", "br", "deflate", "identity, gzip"] {
         let resp = s.send(
             Request::post("/mcp")
@@ -153,8 +115,8 @@ fn compressed_bodies_are_refused() {
 
 #[test]
 fn content_type_tricks_are_inspected() {
-    let s = Stack::start(PLUGIN);
-    s.exhaust();
+    let s = start(PLUGIN);
+    exhaust(&s);
     let body = call(3, "search_docs");
     let tricks: [&[(&str, &str)]; 5] = [
         &[("content-type", "text/plain")],
@@ -196,8 +158,8 @@ fn content_type_tricks_are_inspected() {
 
 #[test]
 fn odd_bodies_are_refused_or_counted_never_passed_unlimited() {
-    let s = Stack::start(PLUGIN);
-    s.exhaust();
+    let s = start(PLUGIN);
+    exhaust(&s);
     // Not UTF-8 where the filter reads (the tool's name): refused.
     let mut bytes =
         br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_docs"#.to_vec();
@@ -259,7 +221,7 @@ fn odd_bodies_are_refused_or_counted_never_passed_unlimited() {
 
 #[test]
 fn batches_count_every_call_or_are_refused_when_configured() {
-    let s = Stack::start(PLUGIN);
+    let s = start(PLUGIN);
     let batch = format!(
         "[{},{},{}]",
         call(1, "search_docs"),
@@ -271,7 +233,7 @@ fn batches_count_every_call_or_are_refused_when_configured() {
     assert_eq!(resp.status, 429, "{resp:?}");
     assert_eq!(resp.json().as_array().unwrap().len(), 3);
     assert_eq!(s.up.requests().unwrap(), 0);
-    let s = Stack::start(
+    let s = start(
         r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"refuse_batches":true}"#,
     );
     assert_refused(
@@ -286,8 +248,8 @@ fn batches_count_every_call_or_are_refused_when_configured() {
 
 #[test]
 fn duplicated_routing_headers_cannot_point_two_ways() {
-    let s = Stack::start(PLUGIN);
-    s.exhaust();
+    let s = start(PLUGIN);
+    exhaust(&s);
     // Two Mcp-Name values: whichever one a component reads, the request
     // must not be counted as get_weather while the body calls search_docs.
     let resp = s.send(

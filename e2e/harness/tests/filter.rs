@@ -10,10 +10,10 @@
     clippy::indexing_slicing
 )]
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use e2e::{post_json, render, stack, DevRls, Envoy, McpUpstream, Paths, Request, Response};
+use e2e::stack::Stack;
+use e2e::{render, stack, Envoy, Paths, Request, Response};
 use serde_json::{json, Value};
 
 /// Limits used by most tests: day windows, so that no test straddles one.
@@ -49,56 +49,14 @@ fn render_config(
     stack::render_config(template, rls_port, upstream_port, plugin, extra).unwrap()
 }
 
-struct Stack {
-    envoy: Envoy,
-    rls: DevRls,
-    up: McpUpstream,
-    addr: SocketAddr,
+/// Starts the usual stack with this test file's limits.
+fn start(plugin: &str) -> Stack {
+    Stack::start(plugin, LIMITS)
 }
 
-impl Stack {
-    fn start(plugin: &str) -> Stack {
-        Self::start_with("envoy.yaml", plugin, LIMITS, &[])
-    }
-
-    fn start_with(template: &str, plugin: &str, limits: &str, extra: &[(&str, String)]) -> Stack {
-        let rls = DevRls::start(&[limits]).unwrap();
-        let up = McpUpstream::start().unwrap();
-        let yaml = render_config(&shipped(template), rls.port(), up.port(), plugin, extra);
-        let envoy = Envoy::start(&yaml).unwrap();
-        let addr = envoy.listener_addr().unwrap();
-        Stack {
-            envoy,
-            rls,
-            up,
-            addr,
-        }
-    }
-
-    fn post(&self, body: &str) -> Response {
-        self.post_with(body, &[])
-    }
-
-    fn post_with(&self, body: &str, headers: &[(&str, &str)]) -> Response {
-        post_json(self.addr, "/mcp", body, headers).unwrap()
-    }
-
-    fn call(&self, id: u64, tool: &str) -> Response {
-        self.post(&tools_call(id, tool))
-    }
-
-    /// A counter of the filter (`wasmcustom.mcp_ratelimit.<name>`).
-    fn stat(&self, name: &str) -> u64 {
-        self.envoy.stat(&format!("wasmcustom.mcp_ratelimit.{name}"))
-    }
-
-    /// What the rate-limit service received, oldest first.
-    fn rls_requests(&self) -> Vec<Value> {
-        let resp = Request::get("/requests")
-            .send(self.rls.admin_addr())
-            .unwrap();
-        resp.json().as_array().unwrap().clone()
-    }
+/// A `tools/call` of `tool` through the stack.
+fn call(s: &Stack, id: u64, tool: &str) -> Response {
+    s.post(&tools_call(id, tool))
 }
 
 fn tools_call(id: u64, tool: &str) -> String {
@@ -137,13 +95,13 @@ fn assert_denied(resp: &Response, id: Value) {
 
 #[test]
 fn limit_is_enforced_per_tool_with_a_json_rpc_429() {
-    let s = Stack::start(PLUGIN);
+    let s = start(PLUGIN);
     for i in 1..=3 {
-        let resp = s.call(i, "search_docs");
+        let resp = call(&s, i, "search_docs");
         assert_eq!(resp.status, 200, "call {i}: {resp:?}");
         assert_eq!(resp.json()["id"], i);
     }
-    let denied = s.call(4, "search_docs");
+    let denied = call(&s, 4, "search_docs");
     assert_denied(&denied, json!(4));
     // The exact bytes of the body, as documented in the README.
     let retry = denied.header("retry-after").unwrap();
@@ -161,7 +119,7 @@ fn limit_is_enforced_per_tool_with_a_json_rpc_429() {
     assert_denied(&s.post(note), Value::Null);
     assert!(!s.post(note).text().contains("\"id\""));
     // Another tool has its own bucket.
-    let resp = s.call(5, "get_weather");
+    let resp = call(&s, 5, "get_weather");
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(s.up.calls("get_weather").unwrap(), 1);
     // What the service was asked, and the counters.
@@ -181,14 +139,14 @@ fn limit_is_enforced_per_tool_with_a_json_rpc_429() {
 
 #[test]
 fn denial_status_code_and_message_are_configurable() {
-    let s = Stack::start(
+    let s = start(
         r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,
             "over_limit":{"http_status":200,"code":-32023,"message":"Too many calls"}}"#,
     );
     for i in 1..=3 {
-        assert_eq!(s.call(i, "search_docs").status, 200);
+        assert_eq!(call(&s, i, "search_docs").status, 200);
     }
-    let resp = s.call(4, "search_docs");
+    let resp = call(&s, 4, "search_docs");
     assert_eq!(resp.status, 200, "{resp:?}");
     let retry: u64 = resp.header("retry-after").unwrap().parse().unwrap();
     assert_eq!(
@@ -200,13 +158,13 @@ fn denial_status_code_and_message_are_configurable() {
 
 #[test]
 fn call_tool_consumes_the_inner_tools_bucket() {
-    let s = Stack::start(PLUGIN);
-    assert_eq!(s.call(1, "search_docs").status, 200);
+    let s = start(PLUGIN);
+    assert_eq!(call(&s, 1, "search_docs").status, 200);
     assert_eq!(s.post(&via_call_tool("\"a\"", "search_docs")).status, 200);
     assert_eq!(s.post(&via_call_tool("\"b\"", "search_docs")).status, 200);
     // Both ways in now find the bucket empty.
     assert_denied(&s.post(&via_call_tool("\"c\"", "search_docs")), json!("c"));
-    assert_denied(&s.call(2, "search_docs"), json!(2));
+    assert_denied(&call(&s, 2, "search_docs"), json!(2));
     // The inner tool can also be under `parameters`.
     let nested = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"call_tool","arguments":{"parameters":{"tool_name":"search_docs"}}}}"#;
     assert_denied(&s.post(nested), json!(3));
@@ -225,7 +183,7 @@ fn call_tool_consumes_the_inner_tools_bucket() {
 
 #[test]
 fn methods_without_a_tool_make_no_rls_call() {
-    let s = Stack::start(PLUGIN);
+    let s = start(PLUGIN);
     let bodies = [
         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
         r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
@@ -257,10 +215,10 @@ fn methods_without_a_tool_make_no_rls_call() {
 
 #[test]
 fn rls_down_fail_open_lets_requests_through() {
-    let mut s = Stack::start(PLUGIN);
+    let mut s = start(PLUGIN);
     s.rls.stop().unwrap();
     for i in 1..=5 {
-        let resp = s.call(i, "search_docs");
+        let resp = call(&s, i, "search_docs");
         assert_eq!(resp.status, 200, "{resp:?}");
     }
     assert_eq!(s.up.calls("search_docs").unwrap(), 5);
@@ -270,10 +228,10 @@ fn rls_down_fail_open_lets_requests_through() {
 
 #[test]
 fn rls_down_fail_closed_denies_with_a_json_rpc_error() {
-    let mut s = Stack::start(
+    let mut s = start(
         r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"failure_mode_deny":true}"#,
     );
-    assert_eq!(s.call(1, "search_docs").status, 200);
+    assert_eq!(call(&s, 1, "search_docs").status, 200);
     s.rls.stop().unwrap();
     let resp = s.post(&via_call_tool("\"x\"", "search_docs"));
     assert_eq!(resp.status, 503, "{resp:?}");
@@ -295,11 +253,11 @@ fn rls_down_fail_closed_denies_with_a_json_rpc_error() {
 
 #[test]
 fn rls_timeout_follows_the_failure_mode_within_the_timeout() {
-    let mut s = Stack::start(r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":200}"#);
-    assert_eq!(s.call(1, "get_weather").status, 200);
+    let mut s = start(r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":200}"#);
+    assert_eq!(call(&s, 1, "get_weather").status, 200);
     s.rls.proc().pause().unwrap();
     let started = Instant::now();
-    let resp = s.call(2, "get_weather");
+    let resp = call(&s, 2, "get_weather");
     let took = started.elapsed();
     s.rls.proc().resume().unwrap();
     assert_eq!(resp.status, 200, "{resp:?}");
@@ -387,9 +345,9 @@ fn buffer_filter_variant_keeps_denied_requests_from_the_upstream() {
         &[],
     );
     for i in 1..=3 {
-        assert_eq!(s.call(i, "search_docs").status, 200);
+        assert_eq!(call(&s, i, "search_docs").status, 200);
     }
-    assert_denied(&s.call(4, "search_docs"), json!(4));
+    assert_denied(&call(&s, 4, "search_docs"), json!(4));
     // A body sent slowly in pieces is judged whole, and nothing reached the
     // upstream early.
     let body = tools_call(5, "search_docs");
@@ -406,7 +364,7 @@ fn buffer_filter_variant_keeps_denied_requests_from_the_upstream() {
 
 #[test]
 fn body_in_many_chunks_and_with_trailers_is_judged_whole() {
-    let s = Stack::start(PLUGIN);
+    let s = start(PLUGIN);
     for i in 1..=4u64 {
         let body = tools_call(i, "search_docs");
         let pieces: Vec<Vec<u8>> = body.as_bytes().chunks(5).map(<[u8]>::to_vec).collect();
@@ -429,7 +387,7 @@ fn body_in_many_chunks_and_with_trailers_is_judged_whole() {
 
 #[test]
 fn bad_bodies_get_json_rpc_errors_and_never_reach_the_upstream() {
-    let s = Stack::start(
+    let s = start(
         r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"max_body_bytes":2048}"#,
     );
     let resp = s.post("{not json");
@@ -467,12 +425,12 @@ fn bad_bodies_get_json_rpc_errors_and_never_reach_the_upstream() {
     assert_eq!(s.stat("parse_error"), 4);
     assert_eq!(s.stat("body_too_large"), 2);
     // The filter keeps serving.
-    assert_eq!(s.call(10, "search_docs").status, 200);
+    assert_eq!(call(&s, 10, "search_docs").status, 200);
 }
 
 #[test]
 fn batch_counts_every_call_in_one_rls_request() {
-    let s = Stack::start(PLUGIN);
+    let s = start(PLUGIN);
     let batch = |a: u64, b: u64| {
         format!(
             r#"[{},{},{{"jsonrpc":"2.0","method":"notifications/progress"}}]"#,

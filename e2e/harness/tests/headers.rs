@@ -11,11 +11,10 @@
     clippy::indexing_slicing
 )]
 
-use std::net::SocketAddr;
-
 use e2e::sdk::{Scenario, SdkClient};
 use e2e::services::McpServerOptions;
-use e2e::{post_json, stack, DevRls, Envoy, McpServer, McpUpstream, Request, Response};
+use e2e::stack::{self as stack, Stack};
+use e2e::{DevRls, Envoy, McpServer, Request, Response};
 use serde_json::{json, Value};
 
 const LIMITS: &str = r#"
@@ -38,42 +37,9 @@ const DEFAULT: &str = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":
 
 const MODERN: &str = "2026-07-28";
 
-struct Stack {
-    envoy: Envoy,
-    rls: DevRls,
-    up: McpUpstream,
-    addr: SocketAddr,
-}
-
-impl Stack {
-    fn start(plugin: &str) -> Stack {
-        let rls = DevRls::start(&[LIMITS]).unwrap();
-        let up = McpUpstream::start().unwrap();
-        let yaml = stack::render_config(
-            &stack::shipped("envoy.yaml").unwrap(),
-            rls.port(),
-            up.port(),
-            plugin,
-            &[],
-        )
-        .unwrap();
-        let envoy = Envoy::start(&yaml).unwrap();
-        let addr = envoy.listener_addr().unwrap();
-        Stack {
-            envoy,
-            rls,
-            up,
-            addr,
-        }
-    }
-
-    fn post(&self, body: &str, headers: &[(&str, &str)]) -> Response {
-        post_json(self.addr, "/mcp", body, headers).unwrap()
-    }
-
-    fn stat(&self, name: &str) -> u64 {
-        self.envoy.stat(&format!("wasmcustom.mcp_ratelimit.{name}"))
-    }
+/// Starts the usual stack with this test file's limits.
+fn start(plugin: &str) -> Stack {
+    Stack::start(plugin, LIMITS)
 }
 
 /// A `tools/call` as a 2026-07-28 client sends it, with `padding` bytes of
@@ -107,7 +73,7 @@ fn assert_mismatch(resp: &Response, id: Value) {
 
 #[test]
 fn mismatching_headers_are_refused_before_the_service_and_the_server() {
-    let s = Stack::start(DEFAULT);
+    let s = start(DEFAULT);
     let body = modern_call(1, "get_weather", json!({"city": "Oslo"}), 0);
     let cases: Vec<Vec<(&str, &str)>> = vec![
         // Counted as one tool, executed as another: the confused deputy.
@@ -140,19 +106,19 @@ fn mismatching_headers_are_refused_before_the_service_and_the_server() {
         ],
     ];
     for headers in &cases {
-        assert_mismatch(&s.post(&body, headers), json!(1));
+        assert_mismatch(&s.post_with(&body, headers), json!(1));
     }
     // An orphan Mcp-Name on a method without a name.
     let list = r#"{"jsonrpc":"2.0","id":"l","method":"tools/list"}"#;
     assert_mismatch(
-        &s.post(list, &[("Mcp-Method", "tools/list"), ("Mcp-Name", "x")]),
+        &s.post_with(list, &[("Mcp-Method", "tools/list"), ("Mcp-Name", "x")]),
         json!("l"),
     );
     assert_eq!(s.stat("header_mismatch"), cases.len() as u64 + 1);
     assert_eq!(s.rls.calls().unwrap(), 0);
     assert_eq!(s.up.requests().unwrap(), 0);
     // Agreeing headers, plain or Base64, pass and are counted.
-    let ok = s.post(&body, &modern_headers("=?base64?Z2V0X3dlYXRoZXI=?="));
+    let ok = s.post_with(&body, &modern_headers("=?base64?Z2V0X3dlYXRoZXI=?="));
     assert_eq!(ok.status, 200, "{ok:?}");
     assert_eq!(s.up.calls("get_weather").unwrap(), 1);
     assert_eq!(s.rls.calls().unwrap(), 1);
@@ -160,19 +126,19 @@ fn mismatching_headers_are_refused_before_the_service_and_the_server() {
 
 #[test]
 fn batches_are_refused_from_protocol_2025_06_18_on() {
-    let s = Stack::start(DEFAULT);
+    let s = start(DEFAULT);
     let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather"}},
                     {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_weather"}}]"#;
     for version in ["2025-06-18", "2025-11-25"] {
-        let resp = s.post(batch, &[("mcp-protocol-version", version)]);
+        let resp = s.post_with(batch, &[("mcp-protocol-version", version)]);
         assert_eq!(resp.status, 400, "{version}: {resp:?}");
         assert_eq!(resp.json()["error"]["code"], -32600);
     }
     assert_eq!(s.up.requests().unwrap(), 0);
     // 2025-03-26 (no header, or said explicitly) allows them.
-    assert_eq!(s.post(batch, &[]).status, 200);
+    assert_eq!(s.post_with(batch, &[]).status, 200);
     assert_eq!(
-        s.post(batch, &[("mcp-protocol-version", "2025-03-26")])
+        s.post_with(batch, &[("mcp-protocol-version", "2025-03-26")])
             .status,
         200
     );
@@ -181,10 +147,10 @@ fn batches_are_refused_from_protocol_2025_06_18_on() {
 
 #[test]
 fn fast_path_calls_the_service_once_per_request_without_buffering() {
-    let s = Stack::start(FAST);
+    let s = start(FAST);
     // Bodies four times over max_body_bytes: the body path would answer 413.
     for i in 1..=3 {
-        let resp = s.post(
+        let resp = s.post_with(
             &modern_call(i, "search_docs", json!({"query": "q"}), 4096),
             &modern_headers("search_docs"),
         );
@@ -196,7 +162,7 @@ fn fast_path_calls_the_service_once_per_request_without_buffering() {
     assert_eq!(s.stat("inspected"), 0);
     assert_eq!(s.stat("body_too_large"), 0);
     // The denial still carries the request's id, read from the body.
-    let resp = s.post(
+    let resp = s.post_with(
         &modern_call(4, "search_docs", json!({"query": "q"}), 4096),
         &modern_headers("search_docs"),
     );
@@ -217,7 +183,7 @@ fn fast_path_calls_the_service_once_per_request_without_buffering() {
         json!({"tool_name": "search_docs", "parameters": {}}),
         4096,
     );
-    assert_eq!(s.post(&wrapped, &headers).status, 429);
+    assert_eq!(s.post_with(&wrapped, &headers).status, 429);
     let mut headers = modern_headers("call_tool");
     headers.push(("mcp-param-toolname", "get_weather"));
     let wrapped = modern_call(
@@ -226,7 +192,7 @@ fn fast_path_calls_the_service_once_per_request_without_buffering() {
         json!({"tool_name": "get_weather", "parameters": {"city": "Oslo"}}),
         4096,
     );
-    assert_eq!(s.post(&wrapped, &headers).status, 200);
+    assert_eq!(s.post_with(&wrapped, &headers).status, 200);
     assert_eq!(s.rls.calls().unwrap(), 6);
     assert_eq!(s.stat("fast_path"), 6);
     assert_eq!(s.stat("inspected"), 0);
@@ -258,7 +224,7 @@ fn fast_path_calls_the_service_once_per_request_without_buffering() {
     let list =
         json!({"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"padding":"x".repeat(4096)}})
             .to_string();
-    let resp = s.post(
+    let resp = s.post_with(
         &list,
         &[
             ("mcp-protocol-version", MODERN),
@@ -271,14 +237,14 @@ fn fast_path_calls_the_service_once_per_request_without_buffering() {
 
 #[test]
 fn fast_path_falls_back_to_the_body_when_headers_do_not_suffice() {
-    let s = Stack::start(FAST);
+    let s = start(FAST);
     // Older protocol version: the body path (and its cap) applies.
     let old = [
         ("mcp-protocol-version", "2025-11-25"),
         ("Mcp-Method", "tools/call"),
         ("Mcp-Name", "get_weather"),
     ];
-    let resp = s.post(&modern_call(1, "get_weather", json!({}), 4096), &old);
+    let resp = s.post_with(&modern_call(1, "get_weather", json!({}), 4096), &old);
     assert_eq!(resp.status, 413, "{resp:?}");
     // A meta-tool call without the header naming its inner tool is read
     // from the body, which must then carry the mirrored header too.
@@ -288,7 +254,7 @@ fn fast_path_falls_back_to_the_body_when_headers_do_not_suffice() {
         json!({"tool_name": "get_weather", "parameters": {"city": "Oslo"}}),
         0,
     );
-    let resp = s.post(&small, &modern_headers("call_tool"));
+    let resp = s.post_with(&small, &modern_headers("call_tool"));
     assert_mismatch(&resp, json!(2));
     assert_eq!(s.stat("fast_path"), 0);
     assert_eq!(s.rls.calls().unwrap(), 0);
