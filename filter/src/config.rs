@@ -5,6 +5,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::mcp_headers::{METHOD, NAME, PROTOCOL_VERSION};
+pub use crate::message::ParamHeader;
 use crate::rls;
 
 /// The default cap on a buffered request body (1 MiB).
@@ -92,16 +93,6 @@ pub enum McpField {
     SessionId,
     /// The `MCP-Protocol-Version` header.
     ProtocolVersion,
-}
-
-/// An `Mcp-Param-{Name}` header that mirrors a top-level argument of a tool
-/// (the argument whose input schema carries `x-mcp-header: {Name}`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParamHeader {
-    pub tool: String,
-    pub argument: String,
-    /// The full header name, lowercase (`mcp-param-{name}`).
-    pub header: String,
 }
 
 /// The local reply sent for a denial.

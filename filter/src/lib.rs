@@ -5,6 +5,7 @@
 //! Everything but `host` is pure and tested natively; `host` is the one
 //! module that calls the proxy.
 
+#![forbid(unsafe_code)]
 // Tests fail loudly; the filter itself may not (workspace lints).
 #![cfg_attr(
     test,
@@ -20,6 +21,7 @@ pub mod config;
 pub mod flow;
 pub mod jsonrpc;
 pub mod mcp_headers;
+pub mod message;
 pub mod reply;
 pub mod rls;
 

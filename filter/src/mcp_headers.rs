@@ -5,8 +5,8 @@
 
 use std::borrow::Cow;
 
-use crate::config::ParamHeader;
-use crate::jsonrpc::{Body, Request};
+use crate::jsonrpc::json_string;
+use crate::message::{Body, ParamHeader, Request};
 
 /// Header names, lowercase as the proxy presents them.
 pub const PROTOCOL_VERSION: &str = "mcp-protocol-version";
@@ -235,7 +235,7 @@ fn check_params(
 /// strings exactly, integers numerically, booleans as `true`/`false`.
 fn param_matches(header: &str, json: &str) -> bool {
     match json.as_bytes().first() {
-        Some(b'"') => crate::jsonrpc::json_string(json).is_some_and(|s| s == header),
+        Some(b'"') => json_string(json).is_some_and(|s| s == header),
         Some(b't') => json == "true" && header == "true",
         Some(b'f') => json == "false" && header == "false",
         Some(b'-' | b'0'..=b'9') => match (integer(header), integer(json)) {
@@ -247,14 +247,16 @@ fn param_matches(header: &str, json: &str) -> bool {
 }
 
 /// The value of a JSON number that is an integer (`42`, `-7`, `42.0`,
-/// `4.2e1`), exactly, without going through floating point.
+/// `4.2e1`, `0e-2147483648`), exactly, without going through floating
+/// point. Values beyond 30 digits are not compared (`None`). Every step is
+/// checked or saturating: the text comes from the client.
 fn integer(text: &str) -> Option<i128> {
     let (negative, rest) = match text.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, text),
     };
     let (mantissa, exponent) = match rest.find(['e', 'E']) {
-        Some(i) => (rest.get(..i)?, rest.get(i + 1..)?.parse::<i32>().ok()?),
+        Some(i) => (rest.get(..i)?, exponent(rest.get(i + 1..)?)?),
         None => (rest, 0),
     };
     let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
@@ -266,23 +268,26 @@ fn integer(text: &str) -> Option<i128> {
     {
         return None;
     }
-    // digits * 10^(exponent - fraction.len())
+    // The value is digits * 10^shift.
     let digits = format!("{whole}{fraction}");
     let digits = digits.trim_start_matches('0');
-    let shift = exponent.checked_sub(i32::try_from(fraction.len()).ok()?)?;
-    let (digits, shift) = if shift < 0 {
+    if digits.is_empty() {
+        return Some(0);
+    }
+    let fraction_len = i64::try_from(fraction.len()).ok()?;
+    let shift = exponent.saturating_sub(fraction_len);
+    let (digits, zeros) = if shift < 0 {
         // Dropped digits must be zeros for the value to be an integer.
-        let cut = usize::try_from(-shift).ok()?;
-        let keep = digits.len().saturating_sub(cut);
-        let (head, tail) = digits.split_at(keep.min(digits.len()));
+        let cut = usize::try_from(shift.unsigned_abs()).unwrap_or(usize::MAX);
+        let (head, tail) = digits.split_at(digits.len().saturating_sub(cut));
         if !tail.bytes().all(|b| b == b'0') {
             return None;
         }
         (head, 0)
     } else {
-        (digits, shift)
+        (digits, usize::try_from(shift).ok()?)
     };
-    if digits.len() + usize::try_from(shift).ok()? > 30 {
+    if digits.len().checked_add(zeros)? > 30 {
         return None;
     }
     let mut value: i128 = if digits.is_empty() {
@@ -290,10 +295,27 @@ fn integer(text: &str) -> Option<i128> {
     } else {
         digits.parse().ok()?
     };
-    for _ in 0..shift {
+    for _ in 0..zeros {
         value = value.checked_mul(10)?;
     }
     Some(if negative { -value } else { value })
+}
+
+/// A JSON exponent (`5`, `+5`, `-12`), saturating far beyond any value
+/// [`integer`] compares.
+fn exponent(text: &str) -> Option<i64> {
+    let (negative, digits) = match text.as_bytes().first() {
+        Some(b'-') => (true, text.get(1..)?),
+        Some(b'+') => (false, text.get(1..)?),
+        _ => (false, text),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let magnitude = digits.bytes().fold(0i64, |acc, b| {
+        acc.saturating_mul(10).saturating_add(i64::from(b - b'0'))
+    });
+    Some(if negative { -magnitude } else { magnitude })
 }
 
 #[cfg(test)]
@@ -605,6 +627,18 @@ mod tests {
             ("--1", None),
             ("1.2.3", None),
             ("1e99999", None),
+            // Exponents at and past the integer limits: no overflow, and
+            // the right answer.
+            ("0e-2147483648", Some(0)),
+            ("1e-2147483648", None),
+            ("100e-2147483649", None),
+            ("1e2147483647", None),
+            ("1e+2", Some(100)),
+            ("10e-1", Some(1)),
+            ("-0.0e-9223372036854775808", Some(0)),
+            ("0.0e99999999999999999999999", Some(0)),
+            ("5e-99999999999999999999999", None),
+            ("1e-", None),
         ] {
             assert_eq!(integer(a), b, "{a}");
         }

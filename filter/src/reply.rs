@@ -24,10 +24,18 @@ pub enum Ids {
     Batch(Vec<Box<str>>),
 }
 
+impl Ids {
+    /// A message whose id could not be read: JSON-RPC answers with `null`.
+    pub fn unknown() -> Ids {
+        Ids::Single(Some("null".into()))
+    }
+}
+
 /// JSON-RPC error codes used for refused bodies.
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 pub const INVALID_PARAMS: i64 = -32602;
+pub const INTERNAL_ERROR: i64 = -32603;
 /// MCP 2026-07-28 `HeaderMismatch`.
 pub const HEADER_MISMATCH: i64 = -32020;
 
@@ -108,6 +116,35 @@ pub fn rls_failure(cfg: &Reply, ids: &Ids) -> LocalReply {
     }
 }
 
+/// A request refused before it reaches the service: one JSON-RPC error
+/// with `data.reason`, and `id` as read (JSON `null` when unknown).
+fn refusal(
+    status: u32,
+    code: i64,
+    message_json: &str,
+    id: Option<&str>,
+    reason: &str,
+    detail: &'static str,
+) -> LocalReply {
+    let data = serde_json::to_string(reason)
+        .map(|r| format!(r#"{{"reason":{r}}}"#))
+        .ok();
+    let mut body = String::with_capacity(160);
+    error_object(
+        &mut body,
+        Some(id.unwrap_or("null")),
+        code,
+        message_json,
+        data.as_deref(),
+    );
+    LocalReply {
+        status,
+        headers: vec![(JSON.0.to_owned(), JSON.1.to_owned())],
+        body,
+        detail,
+    }
+}
+
 /// A body that is not an acceptable JSON-RPC request (HTTP 400). `id` is
 /// the request's id when it could be read, else JSON `null`.
 pub fn bad_request(code: i64, id: Option<&str>, reason: &str) -> LocalReply {
@@ -116,44 +153,32 @@ pub fn bad_request(code: i64, id: Option<&str>, reason: &str) -> LocalReply {
         INVALID_PARAMS => r#""Invalid params""#,
         _ => r#""Invalid Request""#,
     };
-    let data = serde_json::to_string(reason)
-        .map(|r| format!(r#"{{"reason":{r}}}"#))
-        .ok();
-    let mut body = String::with_capacity(128);
-    error_object(
-        &mut body,
-        Some(id.unwrap_or("null")),
-        code,
-        message,
-        data.as_deref(),
-    );
-    LocalReply {
-        status: 400,
-        headers: vec![(JSON.0.to_owned(), JSON.1.to_owned())],
-        body,
-        detail: "mcp_ratelimit_bad_request",
-    }
+    refusal(400, code, message, id, reason, "mcp_ratelimit_bad_request")
 }
 
 /// MCP headers that disagree with the body (HTTP 400, -32020).
 pub fn header_mismatch(id: Option<&str>, reason: &str) -> LocalReply {
-    let data = serde_json::to_string(reason)
-        .map(|r| format!(r#"{{"reason":{r}}}"#))
-        .ok();
-    let mut body = String::with_capacity(160);
-    error_object(
-        &mut body,
-        Some(id.unwrap_or("null")),
+    refusal(
+        400,
         HEADER_MISMATCH,
         r#""Header mismatch""#,
-        data.as_deref(),
-    );
-    LocalReply {
-        status: 400,
-        headers: vec![(JSON.0.to_owned(), JSON.1.to_owned())],
-        body,
-        detail: "mcp_ratelimit_header_mismatch",
-    }
+        id,
+        reason,
+        "mcp_ratelimit_header_mismatch",
+    )
+}
+
+/// A body the proxy could not hand over to be judged (HTTP 500, -32603):
+/// the request may not pass unjudged.
+pub fn unreadable_body() -> LocalReply {
+    refusal(
+        500,
+        INTERNAL_ERROR,
+        r#""Rate limiting failed""#,
+        None,
+        "the request body could not be read",
+        "mcp_ratelimit_unreadable_body",
+    )
 }
 
 /// A compressed request body, which the filter cannot judge (HTTP 415).
