@@ -235,99 +235,15 @@ impl Config {
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig =
             serde_json::from_slice(bytes).map_err(|e| ConfigError(e.to_string()))?;
-        let err = |m: &str| Err(ConfigError(m.to_owned()));
-        if raw.domain.is_empty() {
-            return err("`domain` must not be empty");
-        }
-        if raw.rls_cluster.is_empty() {
-            return err("`rls_cluster` must not be empty");
-        }
-        if raw.timeout_ms == 0 {
-            return err("`timeout_ms` must be greater than 0 (Envoy treats 0 as no timeout, which would let a stuck rate-limit service hang requests)");
-        }
-        if raw.timeout_ms > MAX_TIMEOUT_MS {
-            return Err(ConfigError(format!(
-                "`timeout_ms` must be at most {MAX_TIMEOUT_MS}"
-            )));
-        }
-        if raw.max_body_bytes == 0 || raw.max_body_bytes > MAX_MAX_BODY_BYTES {
-            return Err(ConfigError(format!(
-                "`max_body_bytes` must be between 1 and {MAX_MAX_BODY_BYTES}"
-            )));
-        }
-        if raw.meta_tools.iter().any(String::is_empty) {
-            return err("`meta_tools` must not contain an empty name");
-        }
-        if raw.param_headers.len() > MAX_PARAM_HEADERS {
-            return Err(ConfigError(format!(
-                "`param_headers` may have at most {MAX_PARAM_HEADERS} entries"
-            )));
-        }
-        let mut param_headers: Vec<ParamHeader> = Vec::with_capacity(raw.param_headers.len());
-        for (i, p) in raw.param_headers.into_iter().enumerate() {
-            if p.tool.is_empty() || p.argument.is_empty() {
-                return Err(ConfigError(format!(
-                    "`param_headers[{i}]` needs a non-empty `tool` and `argument`"
-                )));
-            }
-            let name = p.header.strip_prefix("Mcp-Param-").unwrap_or(&p.header);
-            if name.is_empty() || !name.bytes().all(is_header_name_byte) {
-                return Err(ConfigError(format!(
-                    "`param_headers[{i}].header` must be the x-mcp-header name (a header token, e.g. \"Region\")"
-                )));
-            }
-            let header = format!("mcp-param-{}", name.to_ascii_lowercase());
-            if param_headers
-                .iter()
-                .any(|q| q.tool == p.tool && (q.header == header || q.argument == p.argument))
-            {
-                return Err(ConfigError(format!(
-                    "`param_headers[{i}]` repeats a header or argument of tool {:?}",
-                    p.tool
-                )));
-            }
-            param_headers.push(ParamHeader {
-                tool: p.tool,
-                argument: p.argument,
-                header,
-            });
-        }
-        if raw.header_fast_path && !raw.validate_mcp_headers {
-            return err("`header_fast_path` needs `validate_mcp_headers` (requests that fall back to the body must still be checked)");
-        }
+        raw.check_bounds()?;
+        let param_headers = param_headers(raw.param_headers)?;
+        let descriptors = descriptors(raw.descriptors)?;
         let argument_keys = param_headers.iter().map(|p| p.argument.clone()).collect();
         let mcp_header_names = [PROTOCOL_VERSION, METHOD, NAME]
             .into_iter()
             .map(str::to_owned)
             .chain(param_headers.iter().map(|p| p.header.clone()))
             .collect();
-        let descriptors = match raw.descriptors {
-            None => vec![vec![Entry {
-                key: "tool".to_owned(),
-                source: Source::Mcp(McpField::Tool),
-            }]],
-            Some(list) => {
-                if list.is_empty() {
-                    return err(
-                        "`descriptors` must not be empty (omit it for the per-tool default)",
-                    );
-                }
-                let mut out = Vec::with_capacity(list.len());
-                for (i, d) in list.into_iter().enumerate() {
-                    if d.is_empty() {
-                        return Err(ConfigError(format!(
-                            "`descriptors[{i}]` must have at least one entry"
-                        )));
-                    }
-                    let mut entries = Vec::with_capacity(d.len());
-                    for (j, e) in d.into_iter().enumerate() {
-                        entries.push(e.validate(i, j)?);
-                    }
-                    out.push(entries);
-                }
-                out
-            }
-        };
         let mut headers_used: Vec<String> = Vec::new();
         for e in descriptors.iter().flatten() {
             if let Source::Header(h) = &e.source {
@@ -365,6 +281,109 @@ impl Config {
             encoded_domain,
         })
     }
+}
+
+impl RawConfig {
+    /// The scalar keys: each within its documented bounds.
+    fn check_bounds(&self) -> Result<(), ConfigError> {
+        let err = |m: &str| Err(ConfigError(m.to_owned()));
+        if self.domain.is_empty() {
+            return err("`domain` must not be empty");
+        }
+        if self.rls_cluster.is_empty() {
+            return err("`rls_cluster` must not be empty");
+        }
+        if self.timeout_ms == 0 {
+            return err("`timeout_ms` must be greater than 0 (Envoy treats 0 as no timeout, which would let a stuck rate-limit service hang requests)");
+        }
+        if self.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(ConfigError(format!(
+                "`timeout_ms` must be at most {MAX_TIMEOUT_MS}"
+            )));
+        }
+        if self.max_body_bytes == 0 || self.max_body_bytes > MAX_MAX_BODY_BYTES {
+            return Err(ConfigError(format!(
+                "`max_body_bytes` must be between 1 and {MAX_MAX_BODY_BYTES}"
+            )));
+        }
+        if self.meta_tools.iter().any(String::is_empty) {
+            return err("`meta_tools` must not contain an empty name");
+        }
+        if self.param_headers.len() > MAX_PARAM_HEADERS {
+            return Err(ConfigError(format!(
+                "`param_headers` may have at most {MAX_PARAM_HEADERS} entries"
+            )));
+        }
+        if self.header_fast_path && !self.validate_mcp_headers {
+            return err("`header_fast_path` needs `validate_mcp_headers` (requests that fall back to the body must still be checked)");
+        }
+        Ok(())
+    }
+}
+
+/// `param_headers`: each mapping names a tool, an argument and a header
+/// token, and no tool maps a header or an argument twice.
+fn param_headers(raw: Vec<RawParamHeader>) -> Result<Vec<ParamHeader>, ConfigError> {
+    let mut out: Vec<ParamHeader> = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
+        if p.tool.is_empty() || p.argument.is_empty() {
+            return Err(ConfigError(format!(
+                "`param_headers[{i}]` needs a non-empty `tool` and `argument`"
+            )));
+        }
+        let name = p.header.strip_prefix("Mcp-Param-").unwrap_or(&p.header);
+        if name.is_empty() || !name.bytes().all(is_header_name_byte) {
+            return Err(ConfigError(format!(
+                "`param_headers[{i}].header` must be the x-mcp-header name (a header token, e.g. \"Region\")"
+            )));
+        }
+        let header = format!("mcp-param-{}", name.to_ascii_lowercase());
+        if out
+            .iter()
+            .any(|q| q.tool == p.tool && (q.header == header || q.argument == p.argument))
+        {
+            return Err(ConfigError(format!(
+                "`param_headers[{i}]` repeats a header or argument of tool {:?}",
+                p.tool
+            )));
+        }
+        out.push(ParamHeader {
+            tool: p.tool,
+            argument: p.argument,
+            header,
+        });
+    }
+    Ok(out)
+}
+
+/// `descriptors`: the per-tool default when absent; otherwise a non-empty
+/// list of non-empty descriptors of valid entries.
+fn descriptors(raw: Option<Vec<Vec<RawEntry>>>) -> Result<Vec<Vec<Entry>>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(vec![vec![Entry {
+            key: "tool".to_owned(),
+            source: Source::Mcp(McpField::Tool),
+        }]]);
+    };
+    if list.is_empty() {
+        return Err(ConfigError(
+            "`descriptors` must not be empty (omit it for the per-tool default)".to_owned(),
+        ));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, d) in list.into_iter().enumerate() {
+        if d.is_empty() {
+            return Err(ConfigError(format!(
+                "`descriptors[{i}]` must have at least one entry"
+            )));
+        }
+        let mut entries = Vec::with_capacity(d.len());
+        for (j, e) in d.into_iter().enumerate() {
+            entries.push(e.validate(i, j)?);
+        }
+        out.push(entries);
+    }
+    Ok(out)
 }
 
 impl Config {

@@ -1,25 +1,23 @@
-//! The only module that talks to the proxy: proxy-wasm contexts that feed
-//! host events to [`Flow`] and carry out the [`Step`]s it returns. Host
-//! calls go through `hostcalls` directly so that a failure becomes a logged
-//! error instead of a panic.
+//! The only module that talks to the proxy: the contexts that feed host
+//! events to [`Flow`] and carry out the [`Step`]s it returns. Host calls go
+//! through `mcp_ratelimit_abi`, which returns every host failure as an
+//! error: here each one becomes a log line, the flow's failure mode or a
+//! local reply, never a panic.
 
 use std::rc::Rc;
 use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use mcp_ratelimit_abi::hostcalls;
+use mcp_ratelimit_abi::{
+    Action, BufferType, HostError, MapType, MetricType, RootContext, StreamContext,
+};
 
 use crate::config::Config;
 use crate::flow::{Counter, Flow, Host, Step};
 use crate::reply::LocalReply;
 use crate::rls;
 
-proxy_wasm::main! {{
-    // Installs the logger and the panic hook before anything else runs.
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
+mcp_ratelimit_abi::main!(|_| Box::new(Root::default()));
 
 /// Metric ids, in [`Counter::ALL`] order.
 #[derive(Default)]
@@ -29,7 +27,9 @@ impl Metrics {
     fn define() -> Metrics {
         let mut ids = [None; Counter::ALL.len()];
         for (slot, c) in ids.iter_mut().zip(Counter::ALL) {
-            *slot = hostcalls::define_metric(MetricType::Counter, c.name()).ok();
+            *slot = hostcalls::define_metric(MetricType::Counter, c.name())
+                .inspect_err(|e| log::warn!("cannot define metric {}: {e}", c.name()))
+                .ok();
         }
         Metrics(ids)
     }
@@ -37,7 +37,9 @@ impl Metrics {
     fn increment(&self, c: Counter) {
         let index = Counter::ALL.iter().position(|x| *x == c);
         if let Some(Some(id)) = index.and_then(|i| self.0.get(i)) {
-            let _ = hostcalls::increment_metric(*id, 1);
+            if let Err(e) = hostcalls::increment_metric(*id, 1) {
+                log::debug!("cannot increment metric {}: {e}", c.name());
+            }
         }
     }
 }
@@ -48,18 +50,9 @@ struct Root {
     metrics: Rc<Metrics>,
 }
 
-impl Context for Root {}
-
 impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        if let Ok(level) = hostcalls::get_log_level() {
-            proxy_wasm::set_log_level(level);
-        }
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(Some(b)) => b,
-            _ => Vec::new(),
-        };
-        match Config::parse(&bytes) {
+    fn on_configure(&mut self, config: &[u8]) -> bool {
+        match Config::parse(config) {
             Ok(cfg) => {
                 log::info!(
                     "mcp-ratelimit configured: domain={} rls_cluster={} descriptors={} timeout_ms={} failure_mode_deny={}",
@@ -87,25 +80,22 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // The SDK panics on None. Envoy does not create streams for a plugin
-        // whose configuration was refused; should one come anyway, refuse
-        // its requests rather than let them through unchecked.
+    fn create_stream(&self, context_id: u32) -> Box<dyn StreamContext> {
+        // Envoy does not create streams for a plugin whose configuration was
+        // refused; should one come anyway, refuse its requests rather than
+        // let them through unchecked.
         let Some(cfg) = self.config.clone() else {
-            return Some(Box::new(Unconfigured));
+            return Box::new(Unconfigured { id: context_id });
         };
-        Some(Box::new(Stream {
+        Box::new(Stream {
             id: context_id,
             flow: Flow::new(cfg.clone()),
             cfg,
             env: Env {
+                id: context_id,
                 metrics: self.metrics.clone(),
             },
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        })
     }
 }
 
@@ -116,23 +106,32 @@ struct Stream {
     env: Env,
 }
 
-/// The host as the flow sees it.
+/// The host as the flow sees it. A read the host fails is taken as absent.
 struct Env {
+    id: u32,
     metrics: Rc<Metrics>,
+}
+
+impl Env {
+    fn absent_on_error<T: Default>(&self, what: &str, read: Result<T, HostError>) -> T {
+        read.unwrap_or_else(|e| {
+            log::warn!("[{}] cannot read {what}, taken as absent: {e}", self.id);
+            T::default()
+        })
+    }
 }
 
 impl Host for Env {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        let read = hostcalls::header_value(MapType::RequestHeaders, name);
+        self.absent_on_error("a request header", read)
     }
 
     fn metadata(&self, namespace: &str, path: &[String]) -> Option<Vec<u8>> {
         let mut full: Vec<&str> = Vec::with_capacity(3 + path.len());
         full.extend(["metadata", "filter_metadata", namespace]);
         full.extend(path.iter().map(String::as_str));
-        hostcalls::get_property(full).ok().flatten()
+        self.absent_on_error("dynamic metadata", hostcalls::property(&full))
     }
 
     fn count(&self, counter: Counter) {
@@ -140,18 +139,28 @@ impl Host for Env {
     }
 
     fn any_repeated(&self, names: &[String]) -> bool {
-        let Ok(pairs) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
-            return false;
-        };
+        let pairs = hostcalls::header_pairs(MapType::RequestHeaders);
+        let pairs = self.absent_on_error("the request headers", pairs);
         names.iter().any(|n| {
             pairs
                 .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(n))
+                .filter(|(k, _)| k.eq_ignore_ascii_case(n.as_bytes()))
                 .count()
                 > 1
         })
     }
 }
+
+/// `len` bytes of the buffered request body from offset `start` (none
+/// when the body is empty).
+fn read_body(start: usize, len: usize) -> Result<Vec<u8>, HostError> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(hostcalls::buffer(BufferType::RequestBody, start, len)?.unwrap_or_default())
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
 
 /// Where a step is carried out: a filter callback that returns an action,
 /// or an asynchronous callback that must resume the request.
@@ -169,35 +178,34 @@ impl Stream {
             step = match step {
                 Step::Continue(headers) => {
                     for (k, v) in &headers {
-                        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, k, v);
+                        if let Err(e) =
+                            hostcalls::add_header(MapType::RequestHeaders, k, v.as_bytes())
+                        {
+                            log::warn!("[{}] cannot add request header {k}: {e}", self.id);
+                        }
                     }
                     if site == Site::Async {
-                        if let Err(e) = hostcalls::resume_http_request() {
-                            log::warn!("[{}] resume failed: {e:?}", self.id);
+                        if let Err(e) = hostcalls::resume_request() {
+                            log::warn!("[{}] resume failed: {e}", self.id);
                         }
                     }
                     return Action::Continue;
                 }
                 Step::Pause => return Action::Pause,
-                Step::ReadBody(size) => {
-                    let body = if size == 0 {
-                        Vec::new()
-                    } else {
-                        match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
-                            Ok(Some(b)) => b,
-                            _ => Vec::new(),
-                        }
-                    };
-                    self.flow.on_body(&body, &self.env)
-                }
+                Step::ReadBody { start, len } => match read_body(start, len) {
+                    Ok(body) => self.flow.on_body(&body, &self.env),
+                    Err(e) => {
+                        log::error!("[{}] cannot read the request body, refused: {e}", self.id);
+                        self.flow.on_body_unreadable(&self.env)
+                    }
+                },
                 Step::Dispatch(payload) => {
                     let timeout = Duration::from_millis(self.cfg.timeout_ms);
-                    match hostcalls::dispatch_grpc_call(
+                    match hostcalls::grpc_call(
                         &self.cfg.rls_cluster,
                         rls::SERVICE,
                         rls::METHOD,
-                        Vec::new(),
-                        Some(&payload),
+                        &payload,
                         timeout,
                     ) {
                         Ok(token) => {
@@ -207,7 +215,7 @@ impl Stream {
                         }
                         Err(e) => {
                             log::warn!(
-                                "[{}] cannot call the rate-limit service on cluster {:?}: {e:?}",
+                                "[{}] cannot call the rate-limit service on cluster {:?}: {e}",
                                 self.id,
                                 self.cfg.rls_cluster
                             );
@@ -216,14 +224,14 @@ impl Stream {
                     }
                 }
                 Step::Reply(reply) => {
-                    self.send(&reply);
+                    self.reply(&reply);
                     return Action::Pause;
                 }
             };
         }
     }
 
-    fn send(&self, reply: &LocalReply) {
+    fn reply(&self, reply: &LocalReply) {
         log::debug!(
             "[{}] local reply {} ({})",
             self.id,
@@ -235,38 +243,19 @@ impl Stream {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        if let Err(e) =
-            hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()))
-        {
-            log::error!("[{}] cannot send local reply: {e:?}", self.id);
-        }
+        send(self.id, reply.status, &headers, reply.body.as_bytes());
     }
 }
 
-impl Context for Stream {
-    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        let body = if status_code == 0 {
-            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
-                .ok()
-                .flatten()
-        } else {
-            log::debug!(
-                "[{}] rate-limit call failed with gRPC status {status_code}",
-                self.id
-            );
-            None
-        };
-        let step = self
-            .flow
-            .on_rls_response(token_id, status_code, body.as_deref(), &self.env);
-        if step != Step::Pause {
-            self.run(step, Site::Async);
-        }
+/// Answers the request locally; a failure is logged.
+fn send(id: u32, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+    if let Err(e) = hostcalls::send_local_response(status, headers, body) {
+        log::error!("[{id}] cannot send local reply {status}: {e}");
     }
 }
 
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+impl StreamContext for Stream {
+    fn on_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "panic-test")]
         test_panic();
         let step = self.flow.on_request_headers(end_of_stream, &self.env);
@@ -289,23 +278,48 @@ impl HttpContext for Stream {
         action
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let step = self
             .flow
             .on_request_body(body_size, end_of_stream, &self.env);
         self.run(step, Site::Callback)
     }
 
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        let step = self.flow.on_request_trailers();
+    fn on_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let step = self.flow.on_request_trailers(&self.env);
         self.run(step, Site::Callback)
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         for (k, v) in self.flow.response_headers() {
-            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &k, &v);
+            if let Err(e) = hostcalls::add_header(MapType::ResponseHeaders, &k, v.as_bytes()) {
+                log::warn!("[{}] cannot add response header {k}: {e}", self.id);
+            }
         }
         Action::Continue
+    }
+
+    fn on_grpc_response(&mut self, token: u32, status: u32, body_size: usize) {
+        let body = if status == 0 {
+            hostcalls::buffer(BufferType::GrpcReceive, 0, body_size)
+                .inspect_err(|e| {
+                    log::warn!("[{}] cannot read the rate-limit reply: {e}", self.id);
+                })
+                .ok()
+                .flatten()
+        } else {
+            log::debug!(
+                "[{}] rate-limit call failed with gRPC status {status}",
+                self.id
+            );
+            None
+        };
+        let step = self
+            .flow
+            .on_rls_response(token, status, body.as_deref(), &self.env);
+        if step != Step::Pause {
+            self.run(step, Site::Async);
+        }
     }
 }
 
@@ -314,25 +328,21 @@ impl HttpContext for Stream {
 #[allow(clippy::panic)]
 fn test_panic() {
     if let Ok(Some(_)) =
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-mcp-ratelimit-test-panic")
+        hostcalls::header_value(MapType::RequestHeaders, "x-mcp-ratelimit-test-panic")
     {
         panic!("mcp-ratelimit test panic");
     }
 }
 
 /// A stream of a plugin without a valid configuration.
-struct Unconfigured;
+struct Unconfigured {
+    id: u32,
+}
 
-impl Context for Unconfigured {}
-
-impl HttpContext for Unconfigured {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+impl StreamContext for Unconfigured {
+    fn on_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let body = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Rate limiting is not configured"}}"#;
-        let _ = hostcalls::send_http_response(
-            503,
-            vec![("content-type", "application/json")],
-            Some(body),
-        );
+        send(self.id, 503, &[JSON], body);
         Action::Pause
     }
 }
@@ -340,7 +350,9 @@ impl HttpContext for Unconfigured {
 impl Drop for Stream {
     fn drop(&mut self) {
         if let Some(token) = self.flow.awaiting() {
-            let _ = hostcalls::cancel_grpc_call(token);
+            if let Err(e) = hostcalls::grpc_cancel(token) {
+                log::debug!("[{}] cannot cancel the rate-limit call: {e}", self.id);
+            }
         }
     }
 }

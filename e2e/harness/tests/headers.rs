@@ -146,7 +146,7 @@ fn batches_are_refused_from_protocol_2025_06_18_on() {
 }
 
 #[test]
-fn fast_path_calls_the_service_once_per_request_without_buffering() {
+fn fast_path_calls_the_service_once_per_request_without_parsing() {
     let s = start(FAST);
     // Bodies four times over max_body_bytes: the body path would answer 413.
     for i in 1..=3 {
@@ -161,7 +161,8 @@ fn fast_path_calls_the_service_once_per_request_without_buffering() {
     assert_eq!(s.stat("fast_path"), 3);
     assert_eq!(s.stat("inspected"), 0);
     assert_eq!(s.stat("body_too_large"), 0);
-    // The denial still carries the request's id, read from the body.
+    // The denial of a body over the cap is sent without reading it: its id
+    // is null (hardening.rs shows a denial within the cap keeping its id).
     let resp = s.post_with(
         &modern_call(4, "search_docs", json!({"query": "q"}), 4096),
         &modern_headers("search_docs"),
@@ -171,7 +172,7 @@ fn fast_path_calls_the_service_once_per_request_without_buffering() {
     assert_eq!(
         resp.text(),
         format!(
-            r#"{{"jsonrpc":"2.0","id":4,"error":{{"code":429,"message":"Rate limit exceeded","data":{{"retryAfterSeconds":{retry}}}}}}}"#
+            r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":429,"message":"Rate limit exceeded","data":{{"retryAfterSeconds":{retry}}}}}}}"#
         )
     );
     // call_tool: the inner tool comes from Mcp-Param-ToolName, same bucket.
