@@ -6,6 +6,9 @@
 //! * `GET /healthz` — `ok`
 //! * `POST /fault?mode=<mode>` — sets the fault mode (see [`crate::fault`]; `mode=none`
 //!   clears it); `GET /fault` — `{"mode": "<mode>", "faulted": N}`
+//! * `GET /clock` — `{"now": "<unix seconds>", "manual": bool}`; `POST /clock?advance_ms=N`
+//!   moves a manual clock (`--clock-at`) forward by N ms and answers as `GET` does (409
+//!   when the clock follows real time)
 //!
 //! Each connection serves one request and is closed.
 
@@ -15,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::clock::format_unix_time;
 use crate::{DevRls, Fault};
 
 const MAX_HEAD: usize = 64 * 1024;
@@ -151,6 +155,30 @@ fn fault_json(rls: &DevRls) -> String {
     format!("{{\"mode\":{mode},\"faulted\":{}}}", rls.faulted())
 }
 
+fn clock_json(rls: &DevRls) -> String {
+    format!(
+        "{{\"now\":\"{}\",\"manual\":{}}}",
+        format_unix_time(rls.now()),
+        rls.clock_is_manual()
+    )
+}
+
+fn advance_clock(target: &str, rls: &DevRls) -> Reply {
+    let Some(ms) = query_param(target, "advance_ms").and_then(|v| v.parse::<u64>().ok()) else {
+        return Reply::text(
+            "400 Bad Request",
+            "POST /clock needs ?advance_ms=<milliseconds>",
+        );
+    };
+    match rls.advance_clock(Duration::from_millis(ms)) {
+        Some(_) => Reply::json(clock_json(rls)),
+        None => Reply::text(
+            "409 Conflict",
+            "the clock follows real time: start dev-rls with --clock-at to move it",
+        ),
+    }
+}
+
 fn route(method: &str, target: &str, rls: &DevRls) -> Reply {
     let path = target.split('?').next().unwrap_or(target);
     let to_json = |value: Result<String, serde_json::Error>| match value {
@@ -174,7 +202,9 @@ fn route(method: &str, target: &str, rls: &DevRls) -> Reply {
             Some(Err(e)) => Reply::text("400 Bad Request", &e.to_string()),
             None => Reply::text("400 Bad Request", "POST /fault needs ?mode=<mode>"),
         },
-        (_, "/stats" | "/requests" | "/reset" | "/healthz" | "/fault") => {
+        ("GET", "/clock") => Reply::json(clock_json(rls)),
+        ("POST", "/clock") => advance_clock(target, rls),
+        (_, "/stats" | "/requests" | "/reset" | "/healthz" | "/fault" | "/clock") => {
             Reply::text("405 Method Not Allowed", "method not allowed")
         }
         _ => Reply::text("404 Not Found", "not found"),

@@ -1,10 +1,17 @@
 //! Hit counters kept in limitador's in-memory storage, with windows aligned to the unit.
 //!
 //! limitador starts a counter's window at its first hit. To get the reference service's
-//! fixed, unit-aligned windows (`now - now % unit`), the aligned window start is part of
-//! each counter's identity (a limitador variable): a new window is a new counter, and
-//! limitador's own expiry (one unit after the first hit, which is never before the aligned
-//! window ends) only frees memory.
+//! fixed, unit-aligned windows (`now - now % unit`), the aligned window (start and length)
+//! is part of each counter's identity (a limitador variable): a new window is a new
+//! counter, and limitador's own expiry (one unit after the first hit, which is never
+//! before the aligned window ends) only frees memory.
+//!
+//! limitador's expiry runs on real time. With a clock that does not (a [`ManualClock`],
+//! e.g. frozen by `--clock-at`), a window can last any real time, so counters are then
+//! kept for [`KEEP_SECONDS`] instead: freed only by eviction or a reset, never while
+//! their window is current.
+//!
+//! [`ManualClock`]: crate::ManualClock
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -18,6 +25,9 @@ use limitador::storage::CounterStorage;
 const CACHE_SIZE: u64 = 100_000;
 const ENTRIES_VAR: &str = "entries";
 const WINDOW_VAR: &str = "window";
+/// How long limitador keeps a counter when the service's clock does not follow real time
+/// (ten years).
+const KEEP_SECONDS: u64 = 10 * 365 * 86_400;
 
 /// Outcome of adding hits to one counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +45,8 @@ pub(crate) struct CountError(pub String);
 pub(crate) struct Counters {
     state: Mutex<State>,
     variables: Vec<Expression>,
+    /// The service's clock follows real time, as limitador's expiry does.
+    real_time: bool,
 }
 
 struct State {
@@ -52,7 +64,8 @@ impl State {
 }
 
 impl Counters {
-    pub(crate) fn new() -> Result<Self, CountError> {
+    /// Counters for a service whose clock follows real time (`real_time`) or not.
+    pub(crate) fn new(real_time: bool) -> Result<Self, CountError> {
         let variables = [ENTRIES_VAR, WINDOW_VAR]
             .into_iter()
             .map(|name| Expression::parse(name).map_err(|e| CountError(e.to_string())))
@@ -60,6 +73,7 @@ impl Counters {
         Ok(Counters {
             state: Mutex::new(State::new()),
             variables,
+            real_time,
         })
     }
 
@@ -85,6 +99,11 @@ impl Counters {
         hits: u64,
     ) -> Result<Hit, CountError> {
         let mut state = self.lock();
+        let ttl = if self.real_time {
+            window_seconds
+        } else {
+            KEEP_SECONDS.max(window_seconds)
+        };
         let limit = state
             .limits
             .entry((domain.to_owned(), window_seconds, max))
@@ -92,7 +111,7 @@ impl Counters {
                 Arc::new(Limit::new(
                     domain,
                     u64::from(max),
-                    window_seconds,
+                    ttl,
                     [],
                     self.variables.iter().cloned(),
                 ))
@@ -100,7 +119,10 @@ impl Counters {
             .clone();
         let ctx = Context::from(HashMap::from([
             (ENTRIES_VAR.to_owned(), key.to_owned()),
-            (WINDOW_VAR.to_owned(), window_start.to_string()),
+            (
+                WINDOW_VAR.to_owned(),
+                format!("{window_start}+{window_seconds}"),
+            ),
         ]));
         let counter = Counter::new(limit, &ctx)
             .map_err(|e| CountError(e.to_string()))?

@@ -23,9 +23,10 @@
 //!   `requests_per_unit`, and the hits are kept even then (no rollback).
 //! * **Windows** are fixed and aligned to the unit, as in the reference
 //!   (`now - now % unit_seconds`, whole Unix seconds; a month is 30 days, a year 365), and
-//!   `duration_until_reset` is the time to the next boundary. The aligned window start is
-//!   part of each limitador counter's identity, so limitador's start-at-first-hit expiry
-//!   never decides when a window resets.
+//!   `duration_until_reset` is the time to the next boundary: whole seconds with the system
+//!   clock, as the reference sends, to the nanosecond with a clock set to a fraction of a
+//!   second. The aligned window is part of each limitador counter's identity, so
+//!   limitador's start-at-first-hit expiry never decides when a window resets.
 //! * **Answer**: one status per descriptor, in order. `unlimited` → OK with
 //!   `limit_remaining = u32::MAX` and no limit; no match, an unknown domain, or a limit
 //!   named in another matched limit's `replaces` → OK with no limit, uncounted;
@@ -37,6 +38,12 @@
 //! For tests of clients, [`DevRls::set_fault`] (or the admin `POST /fault?mode=...`) makes
 //! the gRPC service answer with garbage, a gRPC error status, a delay or an unknown
 //! overall code instead of deciding: see [`fault`].
+//!
+//! # A test clock
+//!
+//! With a [`ManualClock`] (`--clock-at <unix seconds>` on the command line) time stands
+//! still, so windows cannot roll over in the middle of a test and counts are exact at any
+//! time of day. [`DevRls::advance_clock`] (the admin `POST /clock?advance_ms=N`) moves it.
 //!
 //! # Starting it in-process
 //!
@@ -86,7 +93,7 @@ mod service;
 use std::fmt;
 use std::net::SocketAddr;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{format_unix_time, parse_unix_time, Clock, ManualClock, SystemClock};
 pub use config::{
     ConfigError, ConfigSource, LoadOptions, MatchedLimit, RateLimit, RateLimitConfig, Unit,
 };

@@ -4,18 +4,26 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use dev_rls::{serve, DevRls, LoadOptions, RateLimitConfig, ServerOptions};
+use dev_rls::{
+    format_unix_time, parse_unix_time, serve, DevRls, LoadOptions, ManualClock, RateLimitConfig,
+    ServerOptions,
+};
 
 const USAGE: &str = "\
-usage: dev-rls --config FILE [--config FILE ...] --listen ADDR [--admin ADDR] [--merge-domains] [--verbose]
+usage: dev-rls --config FILE [--config FILE ...] --listen ADDR [--admin ADDR] [--merge-domains]
+               [--clock-at UNIX_SECONDS] [--verbose]
        dev-rls --check --config FILE [--config FILE ...] [--merge-domains]
 
   --config FILE     envoyproxy/ratelimit YAML config file (repeatable, loaded in order)
   --listen ADDR     gRPC listen address, e.g. 127.0.0.1:8081 (port 0 picks a free port)
-  --admin ADDR      also serve GET /stats, GET /requests, POST /reset and
-                    POST /fault?mode=... (fault injection, for tests) over HTTP on ADDR
+  --admin ADDR      also serve GET /stats, GET /requests, POST /reset,
+                    POST /fault?mode=... (fault injection, for tests) and
+                    GET|POST /clock?advance_ms=N (the test clock) over HTTP on ADDR
   --merge-domains   merge files that declare the same domain (reference: MERGE_DOMAIN_CONFIG)
+  --clock-at T      for tests: freeze the clock at Unix time T in seconds, fraction allowed
+                    (e.g. 1767225600.25); only POST /clock?advance_ms=N moves it
   --verbose         log every ShouldRateLimit call to stderr
   --check           only load and validate the configs: print `ok` (exit 0) or the error (exit 1)
   -h, --help        show this help";
@@ -25,6 +33,7 @@ struct Args {
     configs: Vec<PathBuf>,
     listen: Option<SocketAddr>,
     admin: Option<SocketAddr>,
+    clock_at: Option<Duration>,
     merge_domains: bool,
     verbose: bool,
     check: bool,
@@ -55,6 +64,11 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--config" => args.configs.push(PathBuf::from(value("--config")?)),
             "--listen" => args.listen = Some(addr("--listen", value("--listen")?)?),
             "--admin" => args.admin = Some(addr("--admin", value("--admin")?)?),
+            "--clock-at" => {
+                let at = parse_unix_time(&value("--clock-at")?)
+                    .map_err(|e| format!("--clock-at: {e}"))?;
+                args.clock_at = Some(at);
+            }
             "--merge-domains" => args.merge_domains = true,
             "--verbose" => args.verbose = true,
             "--check" => args.check = true,
@@ -121,7 +135,11 @@ async fn run(args: Args) -> ExitCode {
         eprintln!("dev-rls: --listen ADDR is required\n{USAGE}");
         return ExitCode::from(2);
     };
-    let rls = match DevRls::builder(config).verbose(args.verbose).build() {
+    let mut builder = DevRls::builder(config).verbose(args.verbose);
+    if let Some(at) = args.clock_at {
+        builder = builder.clock(ManualClock::at(at));
+    }
+    let rls = match builder.build() {
         Ok(rls) => rls,
         Err(e) => {
             eprintln!("dev-rls: {e}");
@@ -146,6 +164,9 @@ async fn run(args: Args) -> ExitCode {
     say(&format!("dev-rls listening on {}", server.grpc_addr()));
     if let Some(admin) = server.admin_addr() {
         say(&format!("dev-rls admin on {admin}"));
+    }
+    if let Some(at) = args.clock_at {
+        say(&format!("dev-rls clock frozen at {}", format_unix_time(at)));
     }
     wait_for_signal().await;
     let rls = server.rls().clone();
@@ -225,6 +246,16 @@ mod tests {
         assert!(!a.check);
         let c = args(&["--check", "--config", "a.yaml"]).unwrap();
         assert!(c.check && c.listen.is_none());
+        assert_eq!(a.clock_at, None);
+        let f = args(&[
+            "--config",
+            "a",
+            "--listen",
+            "127.0.0.1:0",
+            "--clock-at=12.5",
+        ])
+        .unwrap();
+        assert_eq!(f.clock_at, Some(std::time::Duration::from_millis(12_500)));
     }
 
     #[test]
@@ -238,5 +269,15 @@ mod tests {
             .unwrap_err()
             .contains("not an address"));
         assert!(args(&["--bogus"]).unwrap_err().contains("unknown argument"));
+        assert!(args(&[
+            "--config",
+            "a",
+            "--listen",
+            "127.0.0.1:0",
+            "--clock-at",
+            "-5"
+        ])
+        .unwrap_err()
+        .contains("--clock-at: '-5' is not a Unix time"));
     }
 }

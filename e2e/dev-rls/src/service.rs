@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
@@ -13,7 +14,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::Duration;
+use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 use tonic::{Request, Response, Status};
 
 use crate::clock::{Clock, SystemClock};
@@ -75,7 +76,8 @@ impl DevRlsBuilder {
 
     /// Builds the service.
     pub fn build(self) -> Result<DevRls, crate::Error> {
-        let counters = Counters::new().map_err(|e| crate::Error::Counter(e.0))?;
+        let counters = Counters::new(self.clock.as_manual().is_none())
+            .map_err(|e| crate::Error::Counter(e.0))?;
         Ok(DevRls {
             inner: Arc::new(Inner {
                 config: RwLock::new(Arc::new(self.config)),
@@ -143,6 +145,31 @@ impl DevRls {
             .recorder
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The service's current time, since the Unix epoch.
+    pub fn now(&self) -> Duration {
+        self.inner.clock.now()
+    }
+
+    /// Whether the clock is a [`crate::ManualClock`] (e.g. frozen by `--clock-at`), which
+    /// stands still until [`DevRls::advance_clock`] moves it.
+    pub fn clock_is_manual(&self) -> bool {
+        self.inner.clock.as_manual().is_some()
+    }
+
+    /// Moves a manual clock forward by `by` and returns the new time; `None` (and no
+    /// change) when the clock follows real time.
+    pub fn advance_clock(&self, by: Duration) -> Option<Duration> {
+        let clock = self.inner.clock.as_manual()?;
+        let now = clock.advance_by(by);
+        if self.inner.verbose {
+            eprintln!(
+                "dev-rls: clock moved to {}",
+                crate::clock::format_unix_time(now)
+            );
+        }
+        Some(now)
     }
 
     /// Call counts and the last request received.
@@ -245,7 +272,7 @@ impl DevRls {
         }
         let config = self.config();
         let applied = limits_to_apply(&config, request)?;
-        let now = self.inner.clock.now_unix_seconds();
+        let now = self.inner.clock.now();
 
         let mut overall = Code::Ok;
         let mut statuses = Vec::with_capacity(applied.len());
@@ -285,14 +312,16 @@ impl DevRls {
         limit: &RateLimit,
         unit: Unit,
         share_patterns: &[Option<String>],
-        now: u64,
+        now: Duration,
     ) -> Result<DescriptorStatus, Status> {
         let hits = match &descriptor.hits_addend {
             Some(h) => h.value,
             None => u64::from(request.hits_addend.max(1)),
         };
         let window = unit.seconds();
-        let window_start = now - now % window;
+        // Windows are aligned on whole seconds, as in the reference.
+        let seconds = now.as_secs();
+        let window_start = seconds - seconds % window;
         let key = counter_key(descriptor, share_patterns);
         let hit = self
             .inner
@@ -317,12 +346,21 @@ impl DevRls {
                 unit: unit.proto(),
             }),
             limit_remaining: u32::try_from(hit.remaining).unwrap_or(u32::MAX),
-            duration_until_reset: Some(Duration {
-                seconds: i64::try_from(window - now % window).unwrap_or(i64::MAX),
-                nanos: 0,
-            }),
+            duration_until_reset: Some(until_reset(now, window_start + window)),
             quota: None,
         })
+    }
+}
+
+/// The time from `now` to the window end `end_seconds` (after `now`): whole seconds with
+/// the system clock, as the reference sends; with a clock set to a fraction of a second
+/// (`--clock-at 1767225600.25`) the nanoseconds too, as the RLS API allows and other
+/// services send.
+fn until_reset(now: Duration, end_seconds: u64) -> ProtoDuration {
+    let left = Duration::from_secs(end_seconds).saturating_sub(now);
+    ProtoDuration {
+        seconds: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(left.subsec_nanos()).unwrap_or_default(),
     }
 }
 
@@ -504,6 +542,81 @@ mod tests {
     use super::*;
     use crate::ManualClock;
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+
+    fn one_key(unit: &str, rpu: u32) -> RateLimitConfig {
+        RateLimitConfig::from_yaml(
+            "c.yaml",
+            &format!("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {{unit: {unit}, requests_per_unit: {rpu}}}\n"),
+        )
+        .unwrap()
+    }
+
+    fn call_k(rls: &DevRls) -> DescriptorStatus {
+        let request = RateLimitRequest {
+            domain: "d".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "k".into(),
+                    value: "v".into(),
+                }],
+                ..Default::default()
+            }],
+            hits_addend: 0,
+        };
+        rls.should_rate_limit(&request).unwrap().statuses.remove(0)
+    }
+
+    #[test]
+    fn a_fractional_clock_gives_the_reset_in_nanoseconds() {
+        // 47.75 s into a minute: 12.25 s left.
+        let rls = DevRls::builder(one_key("minute", 1))
+            .clock(ManualClock::at(Duration::new(1_767_225_647, 750_000_000)))
+            .build()
+            .unwrap();
+        let reset = |s: &DescriptorStatus| {
+            let d = s.duration_until_reset.unwrap();
+            (d.seconds, d.nanos)
+        };
+        let first = call_k(&rls);
+        assert_eq!(first.code, Code::Ok as i32);
+        assert_eq!(reset(&first), (12, 250_000_000));
+        // 0.3 s before the boundary, still the same window.
+        assert_eq!(
+            rls.advance_clock(Duration::from_millis(11_950)),
+            Some(Duration::new(1_767_225_659, 700_000_000))
+        );
+        let second = call_k(&rls);
+        assert_eq!(second.code, Code::OverLimit as i32);
+        assert_eq!(reset(&second), (0, 300_000_000));
+        // At the boundary: a new window, a whole minute left.
+        rls.advance_clock(Duration::from_millis(300));
+        let third = call_k(&rls);
+        assert_eq!(third.code, Code::Ok as i32);
+        assert_eq!(reset(&third), (60, 0));
+    }
+
+    #[test]
+    fn the_system_clock_cannot_be_moved() {
+        let rls = DevRls::new(one_key("day", 1)).unwrap();
+        assert!(!rls.clock_is_manual());
+        assert_eq!(rls.advance_clock(Duration::from_secs(1)), None);
+        let reset = call_k(&rls).duration_until_reset.unwrap();
+        assert_eq!(reset.nanos, 0, "whole seconds, as the reference");
+        assert!((1..=86_400).contains(&reset.seconds), "{reset:?}");
+    }
+
+    #[test]
+    fn a_manual_window_outlasts_limitadors_real_time_expiry() {
+        // limitador would expire a 1 s counter 1 s of real time after its first hit; the
+        // manual clock has not moved, so the window, and its count, must go on.
+        let rls = DevRls::builder(one_key("second", 1))
+            .clock(ManualClock::new(1_767_225_600))
+            .build()
+            .unwrap();
+        assert_eq!(call_k(&rls).code, Code::Ok as i32);
+        std::thread::sleep(Duration::from_millis(1_200));
+        assert_eq!(call_k(&rls).code, Code::OverLimit as i32);
+    }
 
     #[test]
     fn verbose_line_names_domain_descriptors_and_verdict() {

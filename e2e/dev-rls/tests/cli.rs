@@ -92,8 +92,16 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
 }
 
 fn get(addr: &str, path: &str) -> String {
+    http(addr, "GET", path)
+}
+
+fn http(addr: &str, method: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).unwrap();
     raw
@@ -138,6 +146,12 @@ fn serves_prints_addresses_and_stops_on_sigterm() {
         stats.ends_with("{\"calls\":0,\"over_limit\":0,\"last_request\":null}"),
         "{stats}"
     );
+    // The real clock cannot be moved.
+    let clock = get(&admin_addr, "/clock");
+    assert!(clock.ends_with(",\"manual\":false}"), "{clock}");
+    let moved = http(&admin_addr, "POST", "/clock?advance_ms=1000");
+    assert!(moved.starts_with("HTTP/1.1 409 Conflict"), "{moved}");
+    assert!(moved.contains("--clock-at"), "{moved}");
 
     let pid = child.0.id().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -147,4 +161,62 @@ fn serves_prints_addresses_and_stops_on_sigterm() {
         Some(0),
         "clean exit on SIGTERM"
     );
+}
+
+#[test]
+fn clock_at_freezes_the_clock_and_the_admin_moves_it() {
+    let mut child = Running(
+        bin()
+            .arg("--config")
+            .arg(conformance_file("basic_config.yaml"))
+            .arg("--listen=127.0.0.1:0")
+            .arg("--admin=127.0.0.1:0")
+            .arg("--clock-at")
+            .arg("1767225647.75")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let _listening = lines.next().unwrap().unwrap();
+    let admin = lines.next().unwrap().unwrap();
+    let admin_addr = admin.strip_prefix("dev-rls admin on ").expect(&admin);
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        "dev-rls clock frozen at 1767225647.75"
+    );
+
+    let clock = get(admin_addr, "/clock");
+    assert!(clock.starts_with("HTTP/1.1 200 OK"), "{clock}");
+    assert!(
+        clock.ends_with("{\"now\":\"1767225647.75\",\"manual\":true}"),
+        "{clock}"
+    );
+    let moved = http(admin_addr, "POST", "/clock?advance_ms=11950");
+    assert!(
+        moved.ends_with("{\"now\":\"1767225659.7\",\"manual\":true}"),
+        "{moved}"
+    );
+    for bad in ["/clock", "/clock?advance_ms=-1", "/clock?advance_ms=x"] {
+        let refused = http(admin_addr, "POST", bad);
+        assert!(
+            refused.starts_with("HTTP/1.1 400 Bad Request"),
+            "{bad}: {refused}"
+        );
+    }
+
+    let out = bin()
+        .args([
+            "--config",
+            "x.yaml",
+            "--listen",
+            "127.0.0.1:0",
+            "--clock-at",
+            "soon",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--clock-at: 'soon' is not a Unix time"));
 }

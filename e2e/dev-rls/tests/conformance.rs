@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{conformance_dir, load};
 use dev_rls::{ConfigSource, LoadOptions, RateLimitConfig};
@@ -168,6 +168,18 @@ fn files_of_one_domain_merge_when_asked() {
     );
 }
 
+/// envoyproxy/ratelimit's config test files as shared beside the repository:
+/// `<repo>/../shared/ratelimit-conformance/configs`.
+fn shared_configs() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // e2e/dev-rls/ -> the repository root.
+    let repo = manifest
+        .ancestors()
+        .nth(2)
+        .expect("the crate lives at <repo>/e2e/dev-rls");
+    repo.join("../shared/ratelimit-conformance/configs")
+}
+
 #[test]
 fn copies_match_the_shared_conformance_data() {
     let ours = conformance_dir();
@@ -175,20 +187,24 @@ fn copies_match_the_shared_conformance_data() {
         ours.join("LICENSE").is_file(),
         "the Apache-2.0 LICENSE travels with the copies"
     );
-    let shared = Path::new("/work/shared/ratelimit-conformance/configs");
-    if !shared.is_dir() {
-        // Outside the development workspace only our own copies exist.
-        assert!(ours.join("basic_config.yaml").is_file());
-        return;
-    }
-    for entry in std::fs::read_dir(shared).unwrap() {
+    let shared = shared_configs();
+    assert!(
+        shared.is_dir(),
+        "the shared conformance data is missing: expected envoyproxy/ratelimit's config test \
+         files in {} (the shared/ directory beside the repository)",
+        shared.display()
+    );
+    let mut compared = 0;
+    for entry in std::fs::read_dir(&shared).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name();
         let original = std::fs::read(entry.path()).unwrap();
         let copy = std::fs::read(ours.join(&name))
             .unwrap_or_else(|_| panic!("{name:?} is missing from tests/conformance"));
         assert_eq!(original, copy, "{name:?} differs from the shared original");
+        compared += 1;
     }
+    assert!(compared > 0, "{} holds no files", shared.display());
 }
 
 fn refused_yaml(yaml: &str) -> String {

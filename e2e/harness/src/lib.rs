@@ -30,7 +30,7 @@ pub use http::{post_json, Conn, Request, Response};
 pub use paths::Paths;
 pub use proc::{test_dir, Proc};
 pub use sdk::{Scenario, SdkClient};
-pub use services::{DevRls, McpServer, McpServerOptions, McpUpstream};
+pub use services::{DevRls, McpServer, McpServerOptions, McpUpstream, RlsClock, CLOCK_AT};
 
 use std::fmt;
 use std::net::TcpListener;

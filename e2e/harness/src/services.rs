@@ -73,7 +73,8 @@ impl McpUpstream {
         self.addr.port()
     }
 
-    /// `GET /__upstream/stats`: `{"requests", "calls", "methods", "last_headers", "last_body"}`.
+    /// `GET /__upstream/stats`: `{"requests", "incomplete", "receiving", "calls",
+    /// "methods", "last_headers", "last_body"}`.
     pub fn stats(&self) -> Result<Value> {
         ok_json(
             Request::get("/__upstream/stats").send(self.addr),
@@ -92,6 +93,18 @@ impl McpUpstream {
     pub fn requests(&self) -> Result<u64> {
         let stats = self.stats()?;
         Ok(stats.get("requests").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    /// How many MCP POSTs it gave up on because their body ended early.
+    pub fn incomplete(&self) -> Result<u64> {
+        let stats = self.stats()?;
+        Ok(stats.get("incomplete").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    /// How many MCP POSTs have sent their head and are still sending their body.
+    pub fn receiving(&self) -> Result<u64> {
+        let stats = self.stats()?;
+        Ok(stats.get("receiving").and_then(Value::as_u64).unwrap_or(0))
     }
 
     /// `POST /__upstream/reset`.
@@ -220,8 +233,33 @@ impl McpServer {
     }
 }
 
+/// The Unix time dev-rls's clock is frozen at unless a test picks another:
+/// 2026-01-01 12:00:00 UTC, 43 200 s before the end of its day window and 60 s
+/// before the end of its minute window.
+pub const CLOCK_AT: u64 = 1_767_268_800;
+
+/// The clock a `dev-rls` runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RlsClock {
+    /// Frozen (`--clock-at`) at this Unix time in seconds, fraction allowed
+    /// (`"1767268847.75"`); only [`DevRls::advance_clock`] moves it. No
+    /// window can roll over during a test, so counts are exact whatever the
+    /// time of day a test runs at.
+    FrozenAt(String),
+    /// The system clock, as in `make run`: windows end at real boundaries.
+    Real,
+}
+
+impl Default for RlsClock {
+    /// Frozen at [`CLOCK_AT`].
+    fn default() -> Self {
+        RlsClock::FrozenAt(CLOCK_AT.to_string())
+    }
+}
+
 /// A running `dev-rls` rate-limit service (gRPC) with its admin interface;
-/// stopped on drop.
+/// stopped on drop. Unless started with [`RlsClock::Real`], its clock is
+/// frozen (at [`CLOCK_AT`] by default).
 pub struct DevRls {
     proc: Proc,
     addr: SocketAddr,
@@ -231,7 +269,8 @@ pub struct DevRls {
 
 impl DevRls {
     /// Writes each config text (envoyproxy/ratelimit YAML) to a file in the
-    /// process's temp dir and starts the binary found by [`Paths::dev_rls`].
+    /// process's temp dir and starts the binary found by [`Paths::dev_rls`],
+    /// its clock frozen at [`CLOCK_AT`].
     pub fn start(configs: &[&str]) -> Result<DevRls> {
         Self::start_on(0, configs)
     }
@@ -240,6 +279,11 @@ impl DevRls {
     /// port), e.g. to restart the service where Envoy's cluster points. The admin
     /// listener still takes a free port.
     pub fn start_on(port: u16, configs: &[&str]) -> Result<DevRls> {
+        Self::start_with_clock(RlsClock::default(), port, configs)
+    }
+
+    /// [`DevRls::start_on`] with this clock.
+    pub fn start_with_clock(clock: RlsClock, port: u16, configs: &[&str]) -> Result<DevRls> {
         let bin = Paths::discover().dev_rls()?;
         let dir = test_dir("dev-rls")?;
         let mut paths = Vec::new();
@@ -248,13 +292,20 @@ impl DevRls {
             std::fs::write(&path, text).context(|| format!("cannot write {}", path.display()))?;
             paths.push(path);
         }
-        Self::launch(&bin, dir, paths, port)
+        Self::launch(&bin, dir, paths, port, &clock)
     }
 
-    /// Starts the binary found by [`Paths::dev_rls`] with these config files.
+    /// Starts the binary found by [`Paths::dev_rls`] with these config files,
+    /// its clock frozen at [`CLOCK_AT`].
     pub fn start_files(configs: &[PathBuf]) -> Result<DevRls> {
         let bin = Paths::discover().dev_rls()?;
-        Self::launch(&bin, test_dir("dev-rls")?, configs.to_vec(), 0)
+        Self::launch(
+            &bin,
+            test_dir("dev-rls")?,
+            configs.to_vec(),
+            0,
+            &RlsClock::default(),
+        )
     }
 
     fn launch(
@@ -262,6 +313,7 @@ impl DevRls {
         dir: tempfile::TempDir,
         configs: Vec<PathBuf>,
         port: u16,
+        clock: &RlsClock,
     ) -> Result<DevRls> {
         let mut cmd = Command::new(bin);
         for c in &configs {
@@ -271,11 +323,18 @@ impl DevRls {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--admin")
             .arg("127.0.0.1:0");
+        if let RlsClock::FrozenAt(at) = clock {
+            cmd.arg("--clock-at").arg(at);
+        }
         let mut proc = Proc::spawn_in(dir, "dev-rls", &mut cmd)?;
         const LISTEN: &str = "dev-rls listening on ";
         const ADMIN: &str = "dev-rls admin on ";
+        const FROZEN: &str = "dev-rls clock frozen at ";
         let addr = addr_after(&proc.wait_for_line(LISTEN, START_TIMEOUT)?, LISTEN)?;
         let admin = addr_after(&proc.wait_for_line(ADMIN, START_TIMEOUT)?, ADMIN)?;
+        if matches!(clock, RlsClock::FrozenAt(_)) {
+            proc.wait_for_line(FROZEN, START_TIMEOUT)?;
+        }
         Ok(DevRls {
             proc,
             addr,
@@ -338,6 +397,38 @@ impl DevRls {
             )));
         }
         Ok(())
+    }
+
+    /// The time its clock reads (admin `GET /clock`), in Unix seconds as
+    /// dev-rls prints it (`"1767268800"`, `"1767268859.7"`), and whether it is
+    /// frozen.
+    pub fn clock(&self) -> Result<(String, bool)> {
+        let v = ok_json(
+            Request::get("/clock").send(self.admin),
+            "dev-rls GET /clock",
+        )?;
+        match (
+            v.get("now").and_then(Value::as_str),
+            v.get("manual").and_then(Value::as_bool),
+        ) {
+            (Some(now), Some(manual)) => Ok((now.to_owned(), manual)),
+            _ => Err(Error::new(format!("dev-rls /clock: unexpected {v}"))),
+        }
+    }
+
+    /// Moves its frozen clock forward by `ms` milliseconds (admin
+    /// `POST /clock?advance_ms=`) and returns the time it now reads, in Unix
+    /// seconds as dev-rls prints it (`"1767268859.7"`). Fails when it runs on
+    /// the real clock.
+    pub fn advance_clock(&self, ms: u64) -> Result<String> {
+        let v = ok_json(
+            Request::post(&format!("/clock?advance_ms={ms}")).send(self.admin),
+            "dev-rls POST /clock",
+        )?;
+        v.get("now")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| Error::new(format!("dev-rls /clock has no `now`: {v}")))
     }
 
     /// Calls answered with an injected fault so far (admin `GET /fault`).

@@ -76,9 +76,9 @@ pub fn render_config(
     with_plugin(&render(template, &subs)?, plugin)
 }
 
-/// The usual end-to-end setup: dev-rls with `limits`, the `mcp-upstream`
-/// stand-in, and Envoy with a shipped config and the test's plugin
-/// configuration. Everything stops when it is dropped.
+/// The usual end-to-end setup: dev-rls with `limits` (its clock frozen, see
+/// [`DevRls`]), the `mcp-upstream` stand-in, and Envoy with a shipped config
+/// and the test's plugin configuration. Everything stops when it is dropped.
 pub struct Stack {
     pub envoy: Envoy,
     pub rls: DevRls,
@@ -100,7 +100,12 @@ impl Stack {
         limits: &str,
         extra: &[(&str, String)],
     ) -> Stack {
-        let rls = DevRls::start(&[limits]).unwrap();
+        Self::start_on(DevRls::start(&[limits]).unwrap(), template, plugin, extra)
+    }
+
+    /// `envoy/<template>` with `plugin` and `extra` substitutions, in front of
+    /// this dev-rls (e.g. one started with another clock).
+    pub fn start_on(rls: DevRls, template: &str, plugin: &str, extra: &[(&str, String)]) -> Stack {
         let up = McpUpstream::start().unwrap();
         let yaml = render_config(
             &shipped(template).unwrap(),

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use e2e::{post_json, render, test_dir, DevRls, Envoy, McpUpstream, Paths};
+use e2e::{post_json, render, test_dir, DevRls, Envoy, McpUpstream, Paths, CLOCK_AT};
 use mcp_ratelimit::config::Config;
 use serde_json::{json, Value};
 
@@ -620,34 +620,29 @@ fn compose_envoy_config_enforces_the_shipped_limits() {
     ]);
     let envoy = Envoy::start(&yaml).unwrap();
     let addr = envoy.listener_addr().unwrap();
-    // search_docs: 3 a minute. Calls are fast, but a minute boundary may fall
-    // between two of them: the denial comes by the 7th call in any case.
-    let mut allowed = 0;
-    let mut denied = None;
-    for id in 1..=7u64 {
+    // search_docs: 3 a minute. dev-rls's clock is frozen at CLOCK_AT, the
+    // start of a minute: the first 3 calls pass, the 4th is denied until the
+    // minute ends, 60 s away.
+    let call = |id: u64| {
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"search_docs","arguments":{{"query":"envoy"}}}}}}"#
         );
-        let resp = post_json(addr, "/mcp", &body, &[]).unwrap();
-        match resp.status {
-            200 => allowed += 1,
-            429 => {
-                denied = Some((id, resp));
-                break;
-            }
-            other => panic!("call {id}: HTTP {other}: {}", resp.text()),
-        }
+        post_json(addr, "/mcp", &body, &[]).unwrap()
+    };
+    for id in 1..=3 {
+        let resp = call(id);
+        assert_eq!(resp.status, 200, "call {id}: {}", resp.text());
     }
-    let (id, resp) = denied.expect("no call was denied");
-    assert!(allowed >= 3, "denied after {allowed} calls");
-    let retry: u64 = resp.header("retry-after").unwrap().parse().unwrap();
-    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    let resp = call(4);
+    assert_eq!(resp.status, 429, "call 4: {}", resp.text());
+    assert_eq!(CLOCK_AT % 60, 0, "CLOCK_AT starts a minute");
+    assert_eq!(resp.header("retry-after"), Some("60"));
     assert_eq!(
         resp.json(),
-        json!({"jsonrpc":"2.0","id":id,"error":{"code":429,"message":"Rate limit exceeded","data":{"retryAfterSeconds":retry}}})
+        json!({"jsonrpc":"2.0","id":4,"error":{"code":429,"message":"Rate limit exceeded","data":{"retryAfterSeconds":60}}})
     );
     // The denied call never reached the MCP server.
-    assert_eq!(up.calls("search_docs").unwrap(), allowed);
+    assert_eq!(up.calls("search_docs").unwrap(), 3);
 }
 
 // ---------------------------------------------------------------------------

@@ -14,6 +14,8 @@ use e2e::{Request, Response};
 use serde_json::{json, Value};
 
 /// `search_docs`: 2 a day, so a bypass shows as a third call getting through.
+/// dev-rls runs on a frozen clock (the harness's default), so the day cannot
+/// end mid-test and give the bucket back.
 const LIMITS: &str = r#"
 domain: mcp
 descriptors:

@@ -27,10 +27,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use e2e::{stack, DevRls, Envoy, McpUpstream, Request, Response};
+use e2e::{stack, DevRls, Envoy, McpUpstream, Request, Response, CLOCK_AT};
 
-/// Day windows, so that no test straddles one. `get_weather` is never over
-/// its limit here.
+/// dev-rls runs on a frozen clock (the harness's default), so no window rolls
+/// over during a test and the counts are exact at any time of day.
+/// `get_weather` is never over its limit here.
 const LIMITS: &str = r#"
 domain: mcp
 descriptors:
@@ -183,11 +184,14 @@ fn assert_passed(a: &Answer, tool: &str) {
     );
 }
 
-/// Asserts the exact answer of a request over its limit.
+/// Asserts the exact answer of a request over its limit: with the clock
+/// frozen at `CLOCK_AT`, the day window ends in the same number of seconds
+/// for every denial.
 fn assert_over_limit(a: &Answer) {
     assert_eq!(a.resp.status, 429, "request {}: {:?}", a.id, a.resp);
     assert_eq!(a.resp.header("content-type"), Some("application/json"));
-    let retry = a.resp.header("retry-after").unwrap();
+    let retry = (86_400 - CLOCK_AT % 86_400).to_string();
+    assert_eq!(a.resp.header("retry-after"), Some(retry.as_str()));
     assert_eq!(
         a.resp.text(),
         format!(
@@ -416,6 +420,62 @@ fn rls_answers_an_unknown_overall_code() {
     rig.recover();
 }
 
+/// A rate-limit cluster Envoy does not have: Envoy refuses the gRPC call
+/// itself, with a host status (`ParseFailure` in Envoy 1.40). The filter
+/// takes that as a failed call, under each failure mode, and its VM keeps
+/// running.
+#[test]
+fn rls_cluster_unknown_to_envoy() {
+    let rls = DevRls::start(&[LIMITS]).unwrap();
+    let up = McpUpstream::start().unwrap();
+    for deny in [false, true] {
+        let plugin = plugin(TIMEOUT_MS, deny).replace(
+            r#""rls_cluster":"ratelimit""#,
+            r#""rls_cluster":"no_such_cluster""#,
+        );
+        let yaml = stack::render_config(
+            &stack::shipped("envoy.yaml").unwrap(),
+            rls.port(),
+            up.port(),
+            &plugin,
+            &[],
+        )
+        .unwrap();
+        let envoy = Envoy::start(&yaml).unwrap();
+        let addr = envoy.listener_addr().unwrap();
+        let before = Counts::of(&envoy);
+        let answers: Vec<Answer> = (0..3).map(|_| call(addr, "get_weather")).collect();
+        for a in &answers {
+            if deny {
+                assert_rls_failure(a);
+            } else {
+                assert_passed(a, "get_weather");
+            }
+        }
+        assert_timely(&answers, TIMEOUT_MS, false);
+        assert_eq!(
+            Counts::of(&envoy).since(before),
+            Counts {
+                checked: 3,
+                ok: 0,
+                over_limit: 0,
+                error: 3,
+                failure_mode_allowed: if deny { 0 } else { 3 },
+            },
+            "failure_mode_deny: {deny}"
+        );
+        let logs = envoy.logs();
+        assert!(
+            logs.contains("cannot call the rate-limit service"),
+            "{logs}"
+        );
+        assert!(!logs.contains("panicked"), "{logs}");
+        assert_eq!(envoy.stat("wasm.mcp_ratelimit.vm_reload_success"), 0);
+    }
+    assert_eq!(rls.calls().unwrap(), 0);
+    assert_eq!(up.calls("get_weather").unwrap(), 3);
+}
+
 /// What the client threads of the restart test saw through one Envoy.
 #[derive(Debug, Default)]
 struct Tally {
@@ -452,10 +512,11 @@ fn restart_under_load(crash: bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut outcome = None;
     std::thread::scope(|s| {
+        let mut clients = Vec::new();
         for (i, addr) in [rig.open_addr, rig.closed_addr].into_iter().enumerate() {
             for _ in 0..3 {
                 let (stop, tally) = (&stop, &tallies[i]);
-                s.spawn(move || {
+                clients.push(s.spawn(move || {
                     // Bounded in count and time.
                     for _ in 0..5000 {
                         if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
@@ -472,7 +533,7 @@ fn restart_under_load(crash: bool) {
                         *t.by_status.entry(a.resp.status).or_default() += 1;
                         t.slowest = t.slowest.max(a.took);
                     }
-                });
+                }));
             }
         }
         std::thread::sleep(Duration::from_millis(700));
@@ -487,8 +548,12 @@ fn restart_under_load(crash: bool) {
         assert_eq!(started.port(), port);
         std::thread::sleep(Duration::from_millis(1000));
         stop.store(true, Ordering::SeqCst);
-        // Let the client threads finish their last requests first.
-        std::thread::sleep(Duration::from_millis(timeout_ms + 200));
+        // Every client has had its last answer before the service stops.
+        for client in clients {
+            if let Err(panic) = client.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
         let second = started.stop_and_count().unwrap();
         outcome = Some((first, second));
     });

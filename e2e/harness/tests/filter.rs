@@ -13,10 +13,12 @@
 use std::time::{Duration, Instant};
 
 use e2e::stack::Stack;
-use e2e::{render, stack, Envoy, Paths, Request, Response};
+use e2e::{render, stack, DevRls, Envoy, Paths, Request, Response, RlsClock, CLOCK_AT};
 use serde_json::{json, Value};
 
-/// Limits used by most tests: day windows, so that no test straddles one.
+/// Limits used by most tests. dev-rls runs on a frozen clock (the harness's
+/// default, at `CLOCK_AT`), so no window rolls over during a test: the counts
+/// are exact at any time of day, and every denial says the same Retry-After.
 const LIMITS: &str = r#"
 domain: mcp
 descriptors:
@@ -28,6 +30,10 @@ descriptors:
 "#;
 
 const PLUGIN: &str = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000}"#;
+
+/// Seconds from the frozen `CLOCK_AT` to the end of its UTC day: the
+/// Retry-After of every denial under a day limit.
+const DAY_LEFT: u64 = 86_400 - CLOCK_AT % 86_400;
 
 fn shipped(name: &str) -> String {
     stack::shipped(name).unwrap()
@@ -81,7 +87,7 @@ fn assert_denied(resp: &Response, id: Value) {
         .expect("Retry-After")
         .parse()
         .unwrap();
-    assert!((1..=86_400).contains(&retry), "retry-after {retry}");
+    assert_eq!(retry, DAY_LEFT, "retry-after");
     let mut want = json!({
         "jsonrpc": "2.0",
         "id": id,
@@ -522,4 +528,42 @@ descriptors:
     let before = s.rls.calls().unwrap();
     assert_eq!(s.post(&tools_call(9, "search_docs")).status, 200);
     assert_eq!(s.rls.calls().unwrap(), before);
+}
+
+/// The filter rounds `duration_until_reset` up to whole seconds, at least 1,
+/// for both `Retry-After` and `retryAfterSeconds`. dev-rls frozen at a
+/// fraction of a second answers with nanoseconds, as the RLS API allows.
+#[test]
+fn retry_after_rounds_a_sub_second_reset_up() {
+    let limits = r#"
+domain: mcp
+descriptors:
+  - key: tool
+    rate_limit: {unit: minute, requests_per_unit: 1}
+"#;
+    // 47.75 s into a minute: the window ends in 12.25 s.
+    let clock = RlsClock::FrozenAt(format!("{}.75", CLOCK_AT + 47));
+    let rls = DevRls::start_with_clock(clock, 0, &[limits]).unwrap();
+    let s = Stack::start_on(rls, "envoy.yaml", PLUGIN, &[]);
+    let denied_with = |id: u64| {
+        let resp = call(&s, id, "search_docs");
+        assert_eq!(resp.status, 429, "{resp:?}");
+        let header = resp.header("retry-after").unwrap().to_owned();
+        let body = resp.json()["error"]["data"]["retryAfterSeconds"].clone();
+        (header, body)
+    };
+    assert_eq!(call(&s, 1, "search_docs").status, 200);
+    assert_eq!(denied_with(2), ("13".to_owned(), json!(13)));
+    // 0.3 s left in the same window: 1, not 0.
+    assert_eq!(
+        s.rls.advance_clock(11_950).unwrap(),
+        format!("{}.7", CLOCK_AT + 59)
+    );
+    assert_eq!(denied_with(3), ("1".to_owned(), json!(1)));
+    // At the boundary the next window opens with a full minute.
+    s.rls.advance_clock(300).unwrap();
+    assert_eq!(call(&s, 4, "search_docs").status, 200);
+    assert_eq!(denied_with(5), ("60".to_owned(), json!(60)));
+    assert_eq!(s.up.calls("search_docs").unwrap(), 2);
+    assert_eq!(s.stat("over_limit"), 3);
 }

@@ -10,7 +10,7 @@
 )]
 
 use e2e::http::{send_raw, Conn, Request};
-use e2e::{post_json, render, Envoy, EnvoyOptions, McpUpstream};
+use e2e::{post_json, render, DevRls, Envoy, EnvoyOptions, McpUpstream, RlsClock, CLOCK_AT};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -215,7 +215,7 @@ fn stats_and_reset() {
     let stats = up.stats().unwrap();
     assert_eq!(
         stats,
-        json!({"requests": 0, "calls": {}, "methods": {}, "last_headers": {}, "last_body": ""})
+        json!({"requests": 0, "incomplete": 0, "receiving": 0, "calls": {}, "methods": {}, "last_headers": {}, "last_body": ""})
     );
     post_json(
         up.addr(),
@@ -264,6 +264,26 @@ fn stats_and_reset() {
     );
 }
 
+/// Waits until `up` is reading the body of one POST: its head has arrived.
+fn wait_receiving(up: &McpUpstream) {
+    e2e::wait_for(
+        "the upstream to read a body",
+        Duration::from_secs(5),
+        || (up.receiving().unwrap() == 1).then_some(()),
+    )
+    .unwrap();
+}
+
+/// Waits until `up` has given up on `n` bodies in all.
+fn wait_incomplete(up: &McpUpstream, n: u64) {
+    e2e::wait_for(
+        &format!("{n} incomplete bodies"),
+        Duration::from_secs(5),
+        || (up.incomplete().unwrap() == n && up.receiving().unwrap() == 0).then_some(()),
+    )
+    .unwrap();
+}
+
 #[test]
 fn incomplete_bodies_are_not_counted() {
     let up = upstream();
@@ -273,15 +293,17 @@ fn incomplete_bodies_are_not_counted() {
     let mut conn = Conn::open(up.addr()).unwrap();
     conn.send_partial(&Request::post("/mcp").json(body), 30)
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    wait_receiving(&up);
     conn.abort();
+    wait_incomplete(&up, 1);
 
     // Content-length body cut short, then closed gracefully.
     let mut conn = Conn::open(up.addr()).unwrap();
     conn.send_partial(&Request::post("/mcp").json(body), body.len() - 1)
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    wait_receiving(&up);
     conn.close();
+    wait_incomplete(&up, 2);
 
     // Chunked body without its last chunk, then reset.
     let mut conn = Conn::open(up.addr()).unwrap();
@@ -293,18 +315,21 @@ fn incomplete_bodies_are_not_counted() {
         2,
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    wait_receiving(&up);
     conn.abort();
+    wait_incomplete(&up, 3);
 
-    std::thread::sleep(Duration::from_millis(200));
+    // The server saw all three end, and counted none of them as a request.
     let stats = up.stats().unwrap();
     assert_eq!(stats["requests"], 0, "{stats}");
     assert_eq!(stats["calls"], json!({}), "{stats}");
+    assert_eq!(stats["methods"], json!({}), "{stats}");
 
     // The server is fine afterwards.
     let resp = rpc(&up, body);
     assert_eq!(resp.status, 200);
     assert_eq!(up.calls("get_weather").unwrap(), 1);
+    assert_eq!(up.incomplete().unwrap(), 3);
 }
 
 #[test]
@@ -435,4 +460,31 @@ fn envoy_starts_with_minimal_config() {
     let out = Envoy::try_start_expect_failure(&bad, Duration::from_secs(30)).unwrap();
     assert!(out.contains("status"), "{out}");
     assert!(Envoy::try_start_expect_failure(&yaml, Duration::from_secs(30)).is_err());
+}
+
+const ONE_LIMIT: &str =
+    "domain: mcp\ndescriptors:\n  - key: tool\n    rate_limit: {unit: day, requests_per_unit: 1}\n";
+
+#[test]
+fn dev_rls_runs_on_a_frozen_clock_unless_told_otherwise() {
+    // Frozen at CLOCK_AT by default, whichever way it is started.
+    let rls = DevRls::start(&[ONE_LIMIT]).unwrap();
+    assert_eq!(rls.clock().unwrap(), (CLOCK_AT.to_string(), true));
+    let moved = rls.advance_clock(1_500).unwrap();
+    assert_eq!(moved, format!("{}.5", CLOCK_AT + 1));
+    assert_eq!(rls.clock().unwrap(), (moved, true));
+    let restarted = DevRls::start_on(0, &[ONE_LIMIT]).unwrap();
+    assert_eq!(restarted.clock().unwrap(), (CLOCK_AT.to_string(), true));
+
+    let at = RlsClock::FrozenAt("1767225600.25".to_owned());
+    let rls = DevRls::start_with_clock(at, 0, &[ONE_LIMIT]).unwrap();
+    assert_eq!(rls.clock().unwrap(), ("1767225600.25".to_owned(), true));
+
+    // The real clock, as `make run` uses, cannot be moved.
+    let real = DevRls::start_with_clock(RlsClock::Real, 0, &[ONE_LIMIT]).unwrap();
+    let (now, frozen) = real.clock().unwrap();
+    assert!(!frozen);
+    assert!(now.parse::<u64>().unwrap() > CLOCK_AT, "{now}");
+    let err = real.advance_clock(1).unwrap_err();
+    assert!(err.message().contains("409"), "{err}");
 }

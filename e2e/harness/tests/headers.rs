@@ -17,6 +17,8 @@ use e2e::stack::{self as stack, Stack};
 use e2e::{DevRls, Envoy, McpServer, Request, Response};
 use serde_json::{json, Value};
 
+/// dev-rls runs on a frozen clock (the harness's default), so no window rolls
+/// over during a test and the counts are exact at any time of day.
 const LIMITS: &str = r#"
 domain: mcp
 descriptors:

@@ -10,7 +10,8 @@
 //! * `GET /__upstream/stats`: what was received, as JSON.
 //! * `POST /__upstream/reset`: clears the stats.
 //!
-//! Only requests whose body was received completely are counted.
+//! Only requests whose body was received completely are counted; those whose
+//! body ended early are counted apart, as `incomplete`.
 
 mod mcp;
 
@@ -37,6 +38,10 @@ const USAGE: &str = "usage: mcp-upstream [--listen ADDR]   (default 127.0.0.1:0)
 struct Stats {
     /// MCP POSTs whose body was received completely.
     requests: u64,
+    /// MCP POSTs whose body ended early (connection reset or closed first).
+    incomplete: u64,
+    /// MCP POSTs whose head has arrived and whose body is still being read.
+    receiving: u64,
     /// `tools/call` per resolved tool name (inner tool for `call_tool`).
     calls: BTreeMap<String, u64>,
     /// JSON-RPC method per name (requests and notifications).
@@ -51,6 +56,8 @@ impl Stats {
     fn to_json(&self) -> Value {
         json!({
             "requests": self.requests,
+            "incomplete": self.incomplete,
+            "receiving": self.receiving,
             "calls": self.calls,
             "methods": self.methods,
             "last_headers": self.last_headers,
@@ -188,15 +195,45 @@ async fn handle(
     }
 }
 
+/// A POST whose body is being read: counted in `receiving` while it lives, and
+/// as `incomplete` when it ends (or hyper drops it) before the body is whole.
+struct Receiving<'a> {
+    stats: &'a Shared,
+    complete: bool,
+}
+
+impl<'a> Receiving<'a> {
+    fn start(stats: &'a Shared) -> Self {
+        lock(stats).receiving += 1;
+        Receiving {
+            stats,
+            complete: false,
+        }
+    }
+}
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        let mut s = lock(self.stats);
+        s.receiving = s.receiving.saturating_sub(1);
+        if !self.complete {
+            s.incomplete += 1;
+        }
+    }
+}
+
 async fn handle_post(req: Request<Incoming>, stats: &Shared) -> Response<Full<Bytes>> {
     let headers = header_map(req.headers());
+    let mut receiving = Receiving::start(stats);
     let body = match req.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
-        // Incomplete or reset body: not counted, and the client is most likely gone.
+        // Incomplete or reset body: not a request, and the client is most likely gone.
         Err(e) => {
             return text_response(StatusCode::BAD_REQUEST, &format!("incomplete body: {e}\n"))
         }
     };
+    receiving.complete = true;
+    drop(receiving);
     let (outcome, observed) = mcp::handle_body(&body);
     {
         let mut s = lock(stats);
