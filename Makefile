@@ -26,7 +26,7 @@ export DEV_RLS_BIN := $(abspath target/release/dev-rls)
 export MCP_UPSTREAM_BIN := $(abspath target/release/mcp-upstream)
 export MCP_RATELIMIT_WASM := $(abspath $(WASM))
 
-.PHONY: help deps build wasm wasm-panic-test bins lint unit artifact e2e demo test run bench oci clean fuzz
+.PHONY: help deps build wasm wasm-panic-test bins lint unit artifact e2e demo test run bench bench-smoke oci clean fuzz
 
 help:
 	@echo "make run    - build, start Envoy + dev-rls + an MCP server locally, show a limit being hit"
@@ -134,7 +134,7 @@ demo: build
 	grep -q '"error":{"code":429,"message":"Rate limit exceeded"' target/run-demo.txt
 	@echo "demo: the limit was hit"
 
-test: lint unit artifact e2e demo
+test: lint unit artifact e2e demo bench-smoke
 
 ## Local demo --------------------------------------------------------------
 
@@ -160,6 +160,11 @@ oci: wasm
 # Figures go to target/bench/results.md. Run on a quiet machine.
 bench: build $(STAMPS)/wrk
 	python3 bench/bench.py
+
+# One short, checked round of every configuration, so the benchmark cannot
+# rot unseen (part of `test`).
+bench-smoke: build $(STAMPS)/wrk
+	python3 bench/bench.py --smoke --out target/bench/smoke.md
 
 clean:
 	cargo clean
