@@ -324,3 +324,18 @@ fn a_body_read_the_host_fails_is_refused_and_ends_the_request() {
         assert_eq!(flow.on_request_trailers(&host), Step::Pause);
     }
 }
+
+#[test]
+fn the_fast_path_is_for_json_content_types_only() {
+    // Another content type with 2026-07-28 headers takes the body path,
+    // which checks the headers against the body itself.
+    let host = modern_call(other_type(Some("text/plain")), "search_docs");
+    let mut flow = Flow::new(cfg(FAST));
+    let step = sniff(&mut flow, &host, &[&call("search_docs")]);
+    assert_eq!(
+        entries(&sent(&step)),
+        vec![vec![("tool".to_owned(), "search_docs".to_owned())]]
+    );
+    assert_eq!(host.count_of(Counter::FastPath), 0);
+    assert_eq!(host.count_of(Counter::Inspected), 1);
+}
