@@ -212,6 +212,10 @@ impl Flow {
 
     /// The body bytes asked for by [`Step::ReadBody`].
     pub fn on_body(&mut self, bytes: &[u8], host: &impl Host) -> Step {
+        if bytes.is_empty() && self.req.body_size > 0 {
+            // The host gave nothing where bytes are buffered.
+            return self.on_body_unreadable(host);
+        }
         self.transition(|req, state| match state {
             State::Sniffing { scanned } => req.sniffed(scanned, bytes, host),
             State::Buffering => req.judge(bytes, host),
@@ -519,11 +523,6 @@ impl Req {
                 self.body_grew(State::Buffering, host)
             }
             Some(_) => (State::Passthrough, Step::go()),
-            None if bytes.is_empty() => {
-                // The host gave nothing where bytes were buffered: the body
-                // cannot be judged, so the request may not pass.
-                self.refuse(host, Counter::ParseError, reply::unreadable_body())
-            }
             None => self.sniff(scanned.saturating_add(bytes.len()), host),
         }
     }

@@ -339,3 +339,34 @@ fn the_fast_path_is_for_json_content_types_only() {
     assert_eq!(host.count_of(Counter::FastPath), 0);
     assert_eq!(host.count_of(Counter::Inspected), 1);
 }
+
+#[test]
+fn an_empty_hand_over_of_buffered_bytes_is_refused_in_every_state() {
+    let over = reply_bytes(rls::CODE_OVER_LIMIT, 9);
+    // Judging a JSON body.
+    let host = MockHost::post_json();
+    let mut flow = Flow::new(cfg(BASIC));
+    flow.on_request_headers(false, &host);
+    flow.on_request_body(93, true, &host);
+    refused_with(flow.on_body(&[], &host), 500, -32603);
+    // Reading a fast-path denial's body for its id.
+    let host = modern_call(MockHost::post_json(), "search_docs");
+    let mut flow = Flow::new(cfg(FAST));
+    flow.on_request_headers(false, &host);
+    flow.on_dispatched(1, &host);
+    flow.on_rls_response(1, 0, Some(&over), &host);
+    assert_eq!(
+        flow.on_request_body(46, true, &host),
+        Step::ReadBody { start: 0, len: 46 }
+    );
+    refused_with(flow.on_body(&[], &host), 500, -32603);
+    // An empty body is not a hand-over failure: it is judged (and refused
+    // as not JSON).
+    let host = MockHost::post_json();
+    let mut flow = Flow::new(cfg(BASIC));
+    assert_eq!(
+        flow.on_request_headers(true, &host),
+        Step::ReadBody { start: 0, len: 0 }
+    );
+    refused_with(flow.on_body(&[], &host), 400, -32700);
+}
