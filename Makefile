@@ -26,7 +26,7 @@ export DEV_RLS_BIN := $(abspath target/release/dev-rls)
 export MCP_UPSTREAM_BIN := $(abspath target/release/mcp-upstream)
 export MCP_RATELIMIT_WASM := $(abspath $(WASM))
 
-.PHONY: help deps build wasm wasm-panic-test bins lint unit artifact e2e demo test run bench bench-smoke oci clean fuzz
+.PHONY: help deps build wasm wasm-panic-test bins lint unit artifact e2e demo test run bench bench-smoke oci clean fuzz fuzz-smoke
 
 help:
 	@echo "make run    - build, start Envoy + dev-rls + an MCP server locally, show a limit being hit"
@@ -134,7 +134,7 @@ demo: build
 	grep -q '"error":{"code":429,"message":"Rate limit exceeded"' target/run-demo.txt
 	@echo "demo: the limit was hit"
 
-test: lint unit artifact e2e demo bench-smoke
+test: lint unit artifact e2e demo fuzz-smoke bench-smoke
 
 ## Local demo --------------------------------------------------------------
 
@@ -173,28 +173,34 @@ clean:
 
 # The cargo-fuzz targets of fuzz/, one after the other, FUZZ_SECONDS each, in
 # one process on one core. Each starts from the committed seeds (fuzz/seeds/)
-# and grows a corpus in fuzz/corpus/, which is not committed. cargo-fuzz
+# and grows a corpus in FUZZ_CORPUS (fuzz/corpus/, not committed). cargo-fuzz
 # passes nightly-only rustc flags: RUSTC_BOOTSTRAP lets the stable toolchain
 # accept them. The filter has no unsafe code, so the default is no sanitizer
-# (about 6 times the executions); FUZZ_SANITIZER=address adds ASan. A target
-# that crashes leaves its input in fuzz/artifacts/ and fails the run, after
-# the other targets have had their turn. Not part of `test`.
+# (about 6 times the executions); FUZZ_SANITIZER=address adds ASan, built in
+# a target directory of its own so that the two builds do not undo each
+# other. A target that crashes leaves its input in fuzz/artifacts/ and fails
+# the run, after the other targets have had their turn. `make test` runs a
+# short round (fuzz-smoke).
 FUZZ_SECONDS ?= 60
 FUZZ_SANITIZER ?= none
 FUZZ_TARGETS := parse_body request_flow rls_response config
-FUZZ_LOGS := target/fuzz
+FUZZ_LOGS ?= target/fuzz
+# Relative to fuzz/ unless absolute.
+FUZZ_CORPUS ?= corpus
+FUZZ_TARGET_DIR := $(if $(filter none,$(FUZZ_SANITIZER)),target,target/$(FUZZ_SANITIZER))
+FUZZ_CARGO = cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz
 
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build --sanitizer $(FUZZ_SANITIZER)
+	$(FUZZ_CARGO) build --sanitizer $(FUZZ_SANITIZER) --target-dir $(FUZZ_TARGET_DIR)
 	@mkdir -p $(FUZZ_LOGS)
 	@total=0; failed=""; \
 	for t in $(FUZZ_TARGETS); do \
-	  mkdir -p fuzz/corpus/$$t; \
+	  (cd fuzz && mkdir -p $(FUZZ_CORPUS)/$$t); \
 	  dict=$$( [ -f fuzz/dict/$$t.dict ] && echo "-dict=dict/$$t.dict" || true ); \
 	  echo "fuzz: $$t for $(FUZZ_SECONDS) s (log: $(FUZZ_LOGS)/$$t.log)"; \
-	  if (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $(FUZZ_SANITIZER) $$t \
-	      corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+	  if ($(FUZZ_CARGO) run --sanitizer $(FUZZ_SANITIZER) --target-dir $(FUZZ_TARGET_DIR) $$t \
+	      $(FUZZ_CORPUS)/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
 	      -print_final_stats=1 $$dict) >$(FUZZ_LOGS)/$$t.log 2>&1; then \
 	    grep -E '^#[0-9]+[[:space:]]+DONE' $(FUZZ_LOGS)/$$t.log | tail -n 1; \
 	  else \
@@ -208,3 +214,21 @@ fuzz:
 	done; \
 	echo "fuzz: $$total executions in total across $(words $(FUZZ_TARGETS)) targets"; \
 	if [ -n "$$failed" ]; then echo "fuzz: crashed:$$failed"; exit 1; fi
+
+# What `make test` runs of the fuzzing: the seeds are current and get the
+# decisions they state (native tests of fuzz/src), then every target is
+# built and replays its seeds and fuzzes briefly, without and with ASan, in
+# a scratch corpus; and the debugging command of fuzz/README.md works.
+FUZZ_SMOKE := target/fuzz-smoke
+
+fuzz-smoke:
+	cargo test --manifest-path fuzz/Cargo.toml --lib --no-default-features
+	rm -rf $(FUZZ_SMOKE)
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=8 FUZZ_CORPUS=$(abspath $(FUZZ_SMOKE))/corpus \
+	  FUZZ_LOGS=$(FUZZ_SMOKE)/none
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=2 FUZZ_SANITIZER=address \
+	  FUZZ_CORPUS=$(abspath $(FUZZ_SMOKE))/corpus-asan FUZZ_LOGS=$(FUZZ_SMOKE)/address
+	cd fuzz && MCP_FUZZ_DEBUG=1 target/x86_64-unknown-linux-gnu/release/request_flow \
+	  seeds/request_flow/allowed >../$(FUZZ_SMOKE)/debug.log 2>&1
+	grep -q '^input: Input' $(FUZZ_SMOKE)/debug.log
+	@echo "fuzz-smoke: every target built and ran"

@@ -1,41 +1,118 @@
 //! Arbitrary bytes as a request body: `jsonrpc::parse` never panics, is
-//! deterministic, accepts only JSON, and whatever it resolves agrees with
-//! what a plain JSON decoder (serde_json's `Value`) reads from the same body.
+//! deterministic, accepts only JSON, refuses every body in which a member
+//! it reads is duplicated or case-folded or `jsonrpc` is not "2.0" (read
+//! independently, duplicates kept), resolves the same whether or not the
+//! meta-tool's `tool_name` or `parameters` is mapped to an `Mcp-Param`
+//! header, and whatever it resolves agrees with what a plain JSON decoder
+//! (serde_json's `Value`) reads from the same body.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mcp_ratelimit::config::ParamHeader;
 use mcp_ratelimit::jsonrpc::{self, Body, ParseError, Request, Spec, Target};
+use mcp_ratelimit_fuzz::members::{body_flaw, Json, Rules};
 use serde_json::Value;
 
 const META_TOOL: &str = "call_tool";
 
-fuzz_target!(|data: &[u8]| {
-    let meta_tools = vec![META_TOOL.to_owned()];
-    let params = vec![ParamHeader {
+fn mapping(argument: &str) -> ParamHeader {
+    ParamHeader {
         tool: META_TOOL.to_owned(),
-        argument: "tool_name".to_owned(),
-        header: "mcp-param-toolname".to_owned(),
-    }];
-    let argument_keys = vec!["tool_name".to_owned()];
+        argument: argument.to_owned(),
+        header: format!("mcp-param-{argument}"),
+    }
+}
+
+/// Parses with the meta-tool `call_tool` and these mappings of its
+/// arguments.
+fn parse_with<'a>(data: &'a [u8], params: &[ParamHeader]) -> Result<Body<'a>, ParseError<'a>> {
+    let meta_tools = vec![META_TOOL.to_owned()];
+    let argument_keys: Vec<String> = params.iter().map(|p| p.argument.clone()).collect();
     let spec = Spec {
         meta_tools: &meta_tools,
-        params: &params,
+        params,
         argument_keys: &argument_keys,
     };
-    let parsed = jsonrpc::parse(data, &spec);
-    let again = jsonrpc::parse(data, &spec);
+    jsonrpc::parse(data, &spec)
+}
+
+/// What a parse resolves to, as text: every field for an accepted body,
+/// the kind of error for a refused one.
+fn summary(parsed: &Result<Body<'_>, ParseError<'_>>) -> String {
+    match parsed {
+        Ok(body) => body
+            .requests()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{:?} {:?} {:?} {:?} {:?};",
+                    r.id.map(|i| i.get()),
+                    r.method,
+                    r.name,
+                    r.target,
+                    r.meta_protocol_version
+                )
+            })
+            .collect(),
+        Err(ParseError::Syntax) => "syntax".to_owned(),
+        Err(ParseError::InvalidRequest { .. }) => "invalid request".to_owned(),
+        Err(ParseError::InvalidParams { .. }) => "invalid params".to_owned(),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let params = vec![mapping("tool_name")];
+    let parsed = parse_with(data, &params);
+    let again = parse_with(data, &params);
     assert_eq!(
         format!("{parsed:?}"),
         format!("{again:?}"),
         "parse is deterministic"
     );
 
+    // Mapping the meta-tool's arguments to headers changes nothing of
+    // what the body resolves to. (Not for bodies that are not UTF-8: a
+    // mapped argument is captured as text, which must be UTF-8, where an
+    // unmapped one is skipped unchecked: refused either way, with another
+    // code.)
+    let parameters = parse_with(data, &[mapping("parameters")]);
+    if std::str::from_utf8(data).is_ok() {
+        let plain = summary(&parse_with(data, &[]));
+        assert_eq!(
+            plain,
+            summary(&parsed),
+            "mapping tool_name changes the parse"
+        );
+        assert_eq!(
+            plain,
+            summary(&parameters),
+            "mapping parameters changes the parse"
+        );
+        let both = parse_with(data, &[mapping("parameters"), mapping("tool_name")]);
+        assert_eq!(plain, summary(&both), "mapping both changes the parse");
+    }
+
     // What serde_json makes of the body; `None` past its nesting limit,
     // which the filter's scanner does not have where it only skips.
     let syntax_ok = serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok();
     let value = serde_json::from_slice::<Value>(data).ok();
+
+    // A body the upstream could read differently is refused.
+    if let Some(tree) = Json::parse(data) {
+        let rules = Rules {
+            meta_tools: &[META_TOOL],
+        };
+        if let Some(flaw) = body_flaw(&tree, &rules) {
+            assert!(
+                matches!(
+                    parsed,
+                    Err(ParseError::InvalidRequest { .. } | ParseError::InvalidParams { .. })
+                ),
+                "accepted a body with an ambiguous member: {flaw}"
+            );
+        }
+    }
 
     match &parsed {
         Ok(body) => {
@@ -52,6 +129,9 @@ fuzz_target!(|data: &[u8]| {
                 for (r, v) in reqs.iter().zip(expected) {
                     check_request(r, v);
                 }
+            }
+            if let (Ok(Body::Single(r)), Some(v)) = (&parameters, &value) {
+                check_kept(r, v, "parameters");
             }
             for r in reqs {
                 check_target(r);
@@ -98,6 +178,23 @@ fn nonempty(s: Option<&str>) -> Option<&str> {
     s.filter(|s| !s.is_empty())
 }
 
+/// The argument kept for the mapping (the first, of `call_tool`) is the
+/// one a decoder reads.
+fn check_kept(r: &Request<'_>, v: &Value, argument: &str) {
+    if r.name.as_deref() != Some(META_TOOL) || r.method.as_deref() != Some("tools/call") {
+        return;
+    }
+    let kept = r
+        .argument(0)
+        .map(|raw| serde_json::from_str::<Value>(raw.get()).expect("kept argument is JSON"));
+    let in_body = v
+        .get("params")
+        .and_then(|p| p.get("arguments"))
+        .and_then(Value::as_object)
+        .and_then(|a| a.get(argument));
+    assert_eq!(kept.as_ref(), in_body, "kept {argument}");
+}
+
 /// Compares one resolved message with its `Value`, member by member.
 fn check_request(r: &Request<'_>, v: &Value) {
     let obj = v.as_object().expect("a resolved message is an object");
@@ -133,19 +230,7 @@ fn check_request(r: &Request<'_>, v: &Value) {
                 name
             };
             assert_eq!(t, want);
-            // The argument mirrored in `Mcp-Param-ToolName` is the one a
-            // decoder reads (the mapping is for the meta-tool only).
-            if name == META_TOOL {
-                let kept = r.argument(0).map(|raw| {
-                    serde_json::from_str::<Value>(raw.get()).expect("kept argument is JSON")
-                });
-                let in_body = params
-                    .and_then(Value::as_object)
-                    .and_then(|p| p.get("arguments"))
-                    .and_then(Value::as_object)
-                    .and_then(|a| a.get("tool_name"));
-                assert_eq!(kept.as_ref(), in_body);
-            }
+            check_kept(r, v, "tool_name");
         }
         Some(Target::Prompt(p)) => assert_eq!(Some(p.as_ref()), str_at(&["name"])),
         Some(Target::Resource(u)) => assert_eq!(Some(u.as_ref()), str_at(&["uri"])),
