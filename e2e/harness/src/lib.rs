@@ -18,6 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod envoy;
+pub mod fixtures;
 pub mod http;
 pub mod paths;
 pub mod proc;

@@ -9,28 +9,22 @@
     clippy::indexing_slicing
 )]
 
+use e2e::fixtures::{limits, tools_call_with};
 use e2e::stack::Stack;
 use e2e::{Request, Response};
 use serde_json::{json, Value};
+use std::sync::LazyLock;
 
 /// `search_docs`: 2 a day, so a bypass shows as a third call getting through.
 /// dev-rls runs on a frozen clock (the harness's default), so the day cannot
 /// end mid-test and give the bucket back.
-const LIMITS: &str = r#"
-domain: mcp
-descriptors:
-  - key: tool
-    value: search_docs
-    rate_limit: {unit: day, requests_per_unit: 2}
-  - key: tool
-    rate_limit: {unit: day, requests_per_unit: 1000}
-"#;
+static LIMITS: LazyLock<String> = LazyLock::new(|| limits(2, 1000));
 
 const PLUGIN: &str = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000}"#;
 
 /// Starts the usual stack with this test file's limits.
 fn start(plugin: &str) -> Stack {
-    Stack::start(plugin, LIMITS)
+    Stack::start(plugin, LIMITS.as_str())
 }
 
 /// Uses up `search_docs`'s two calls.
@@ -42,9 +36,7 @@ fn exhaust(s: &Stack) {
 }
 
 fn call(id: u64, tool: &str) -> String {
-    format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
-    )
+    tools_call_with(id, tool, "{}")
 }
 
 fn assert_refused(resp: &Response, status: u16, code: i64, what: &str) {

@@ -21,9 +21,11 @@
     clippy::indexing_slicing
 )]
 
+use e2e::fixtures::{limits, tools_call};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -32,28 +34,12 @@ use e2e::{stack, DevRls, Envoy, McpUpstream, Request, Response, CLOCK_AT};
 /// dev-rls runs on a frozen clock (the harness's default), so no window rolls
 /// over during a test and the counts are exact at any time of day.
 /// `get_weather` is never over its limit here.
-const LIMITS: &str = r#"
-domain: mcp
-descriptors:
-  - key: tool
-    value: search_docs
-    rate_limit: {unit: day, requests_per_unit: 3}
-  - key: tool
-    rate_limit: {unit: day, requests_per_unit: 100000}
-"#;
+static LIMITS: LazyLock<String> = LazyLock::new(|| limits(3, 100000));
 
 /// The restart test's limits: `search_docs` goes over its limit under load,
 /// with each instance of the service.
 const RESTART_LIMIT: u64 = 20;
-const RESTART_LIMITS: &str = r#"
-domain: mcp
-descriptors:
-  - key: tool
-    value: search_docs
-    rate_limit: {unit: day, requests_per_unit: 20}
-  - key: tool
-    rate_limit: {unit: day, requests_per_unit: 100000}
-"#;
+static RESTART_LIMITS: LazyLock<String> = LazyLock::new(|| limits(20, 100000));
 
 /// The rate-limit call's timeout in the fault tests.
 const TIMEOUT_MS: u64 = 200;
@@ -67,12 +53,6 @@ const N: u64 = 12;
 fn plugin(timeout_ms: u64, deny: bool) -> String {
     format!(
         r#"{{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":{timeout_ms},"failure_mode_deny":{deny}}}"#
-    )
-}
-
-fn tools_call(id: u64, tool: &str) -> String {
-    format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"query":"q"}}}}}}"#
     )
 }
 
@@ -254,7 +234,7 @@ struct Rig {
 
 impl Rig {
     fn start(timeout_ms: u64) -> Rig {
-        Self::start_with(timeout_ms, LIMITS)
+        Self::start_with(timeout_ms, LIMITS.as_str())
     }
 
     fn start_with(timeout_ms: u64, limits: &str) -> Rig {
@@ -426,7 +406,7 @@ fn rls_answers_an_unknown_overall_code() {
 /// running.
 #[test]
 fn rls_cluster_unknown_to_envoy() {
-    let rls = DevRls::start(&[LIMITS]).unwrap();
+    let rls = DevRls::start(&[LIMITS.as_str()]).unwrap();
     let up = McpUpstream::start().unwrap();
     for deny in [false, true] {
         let plugin = plugin(TIMEOUT_MS, deny).replace(
@@ -501,7 +481,7 @@ fn restart_under_load(crash: bool) {
     const TOOL: &str = "search_docs";
     let what = if crash { "crash" } else { "restart" };
     let timeout_ms = 500;
-    let mut rig = Rig::start_with(timeout_ms, RESTART_LIMITS);
+    let mut rig = Rig::start_with(timeout_ms, RESTART_LIMITS.as_str());
     let port = rig.rls.port();
     let before_open = Counts::of(&rig.open);
     let before_closed = Counts::of(&rig.closed);
@@ -544,7 +524,7 @@ fn restart_under_load(crash: bool) {
             Some(rig.rls.stop_and_count().unwrap())
         };
         std::thread::sleep(Duration::from_millis(500));
-        let mut started = DevRls::start_on(port, &[RESTART_LIMITS]).unwrap();
+        let mut started = DevRls::start_on(port, &[RESTART_LIMITS.as_str()]).unwrap();
         assert_eq!(started.port(), port);
         std::thread::sleep(Duration::from_millis(1000));
         stop.store(true, Ordering::SeqCst);
@@ -645,7 +625,7 @@ struct PanicStack {
 
 impl PanicStack {
     fn start(policy_line: Option<&str>) -> PanicStack {
-        let rls = DevRls::start(&[LIMITS]).unwrap();
+        let rls = DevRls::start(&[LIMITS.as_str()]).unwrap();
         let up = McpUpstream::start().unwrap();
         let mut extra = vec![(
             format!("filename: {}", stack::wasm_path().unwrap()),

@@ -10,6 +10,8 @@
     clippy::indexing_slicing
 )]
 
+use e2e::fixtures::{limits, tools_call};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use e2e::stack::Stack;
@@ -19,15 +21,7 @@ use serde_json::{json, Value};
 /// Limits used by most tests. dev-rls runs on a frozen clock (the harness's
 /// default, at `CLOCK_AT`), so no window rolls over during a test: the counts
 /// are exact at any time of day, and every denial says the same Retry-After.
-const LIMITS: &str = r#"
-domain: mcp
-descriptors:
-  - key: tool
-    value: search_docs
-    rate_limit: {unit: day, requests_per_unit: 3}
-  - key: tool
-    rate_limit: {unit: day, requests_per_unit: 1000}
-"#;
+static LIMITS: LazyLock<String> = LazyLock::new(|| limits(3, 1000));
 
 const PLUGIN: &str = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000}"#;
 
@@ -57,18 +51,12 @@ fn render_config(
 
 /// Starts the usual stack with this test file's limits.
 fn start(plugin: &str) -> Stack {
-    Stack::start(plugin, LIMITS)
+    Stack::start(plugin, LIMITS.as_str())
 }
 
 /// A `tools/call` of `tool` through the stack.
 fn call(s: &Stack, id: u64, tool: &str) -> Response {
     s.post(&tools_call(id, tool))
-}
-
-fn tools_call(id: u64, tool: &str) -> String {
-    format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"query":"q"}}}}}}"#
-    )
 }
 
 fn via_call_tool(id: &str, inner: &str) -> String {
@@ -347,7 +335,7 @@ fn buffer_filter_variant_keeps_denied_requests_from_the_upstream() {
     let s = Stack::start_with(
         "envoy-buffer-filter.yaml",
         r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"hold_headers":false}"#,
-        LIMITS,
+        LIMITS.as_str(),
         &[],
     );
     for i in 1..=3 {

@@ -11,6 +11,8 @@
     clippy::indexing_slicing
 )]
 
+use e2e::fixtures::{limits, tools_call_with};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use e2e::stack::Stack;
@@ -19,24 +21,14 @@ use serde_json::Value;
 
 /// `search_docs`: 2 per window, so a bypass shows as a third call getting
 /// through.
-const LIMITS: &str = r#"
-domain: mcp
-descriptors:
-  - key: tool
-    value: search_docs
-    rate_limit: {unit: day, requests_per_unit: 2}
-  - key: tool
-    rate_limit: {unit: day, requests_per_unit: 1000}
-"#;
+static LIMITS: LazyLock<String> = LazyLock::new(|| limits(2, 1000));
 
 const PLUGIN: &str = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000}"#;
 
 const MODERN: &str = "2026-07-28";
 
 fn call(id: u64, tool: &str) -> String {
-    format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
-    )
+    tools_call_with(id, tool, "{}")
 }
 
 /// A POST to `/mcp` with this content type (none for `None`) and headers.
@@ -70,7 +62,7 @@ type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, u16, i64);
 
 #[test]
 fn bodies_of_any_content_type_get_the_mcp_header_checks() {
-    let s = Stack::start(PLUGIN, LIMITS);
+    let s = Stack::start(PLUGIN, LIMITS.as_str());
     let batch = format!("[{}]", call(1, "a"));
     let mut refused = 0;
     for ct in [Some("text/plain"), None] {
@@ -139,7 +131,7 @@ fn bodies_of_any_content_type_get_the_mcp_header_checks() {
 fn a_json_shaped_body_over_its_declared_size_is_refused_before_it_is_sent() {
     let s = Stack::start(
         r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"max_body_bytes":1024}"#,
-        LIMITS,
+        LIMITS.as_str(),
     );
     let mut body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_docs","arguments":{"pad":""#.to_vec();
     body.resize(200_000, b'x');
@@ -161,7 +153,7 @@ fn a_json_shaped_body_over_its_declared_size_is_refused_before_it_is_sent() {
 fn whitespace_cannot_carry_a_call_past_the_cap() {
     let s = Stack::start(
         r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"max_body_bytes":4096}"#,
-        LIMITS,
+        LIMITS.as_str(),
     );
     exhaust(&s);
     let padding = vec![b' '; 4096];
@@ -188,7 +180,7 @@ fn whitespace_cannot_carry_a_call_past_the_cap() {
 
 #[test]
 fn long_whitespace_in_small_chunks_is_judged() {
-    let s = Stack::start(PLUGIN, LIMITS);
+    let s = Stack::start(PLUGIN, LIMITS.as_str());
     exhaust(&s);
     // 256 KiB of whitespace in 1 KiB chunks, then the call: counted.
     let mut chunks: Vec<Vec<u8>> = vec![b" \r\n\t".repeat(256); 256];
@@ -206,7 +198,7 @@ fn long_whitespace_in_small_chunks_is_judged() {
 fn a_fast_path_denial_never_reads_an_oversized_body() {
     let s = Stack::start(
         r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"max_body_bytes":1024,"header_fast_path":true}"#,
-        LIMITS,
+        LIMITS.as_str(),
     );
     let modern = [
         ("mcp-protocol-version", MODERN),
@@ -248,7 +240,7 @@ fn param_integers_compare_without_overflow() {
     let s = Stack::start(
         r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,
             "param_headers":[{"tool":"get_weather","argument":"n","header":"N"}]}"#,
-        LIMITS,
+        LIMITS.as_str(),
     );
     let body = |n: &str| {
         format!(
@@ -277,7 +269,7 @@ fn every_member_the_filter_reads_is_unambiguous() {
     let s = Stack::start(
         r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,
             "param_headers":[{"tool":"query","argument":"parameters","header":"Parameters"}]}"#,
-        LIMITS,
+        LIMITS.as_str(),
     );
     let pv = "io.modelcontextprotocol/protocolVersion";
     let bodies = [

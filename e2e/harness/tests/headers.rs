@@ -11,23 +11,17 @@
     clippy::indexing_slicing
 )]
 
+use e2e::fixtures::limits;
 use e2e::sdk::{Scenario, SdkClient};
 use e2e::services::McpServerOptions;
 use e2e::stack::{self as stack, Stack};
 use e2e::{DevRls, Envoy, McpServer, Request, Response};
 use serde_json::{json, Value};
+use std::sync::LazyLock;
 
 /// dev-rls runs on a frozen clock (the harness's default), so no window rolls
 /// over during a test and the counts are exact at any time of day.
-const LIMITS: &str = r#"
-domain: mcp
-descriptors:
-  - key: tool
-    value: search_docs
-    rate_limit: {unit: day, requests_per_unit: 3}
-  - key: tool
-    rate_limit: {unit: day, requests_per_unit: 1000}
-"#;
+static LIMITS: LazyLock<String> = LazyLock::new(|| limits(3, 1000));
 
 /// The fast path on, with the body cap far below the bodies sent, and the
 /// `tool_name` argument of `call_tool` known as `Mcp-Param-ToolName`.
@@ -41,7 +35,7 @@ const MODERN: &str = "2026-07-28";
 
 /// Starts the usual stack with this test file's limits.
 fn start(plugin: &str) -> Stack {
-    Stack::start(plugin, LIMITS)
+    Stack::start(plugin, LIMITS.as_str())
 }
 
 /// A `tools/call` as a 2026-07-28 client sends it, with `padding` bytes of
@@ -268,7 +262,7 @@ fn fast_path_falls_back_to_the_body_when_headers_do_not_suffice() {
 /// and sends `Mcp-Method`, `Mcp-Name` and, for `call_tool`, the
 /// `Mcp-Param-ToolName` header its schema asks for.
 fn python_sdk_through(plugin: &str) -> (Envoy, DevRls, McpServer, Value, Value) {
-    let rls = DevRls::start(&[LIMITS]).unwrap();
+    let rls = DevRls::start(&[LIMITS.as_str()]).unwrap();
     let server = McpServer::start(McpServerOptions {
         json_response: true,
         stateless: false,

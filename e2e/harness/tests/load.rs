@@ -15,9 +15,11 @@
     clippy::indexing_slicing
 )]
 
+use e2e::fixtures::{limits, tools_call};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,23 +32,9 @@ const N: u64 = 20;
 /// over during a test and the counts are exact at any time of day, with the
 /// same Retry-After for every denial. `search_docs` allows N calls;
 /// `get_weather` is effectively unlimited (but every call is still checked).
-const LIMITS: &str = r#"
-domain: mcp
-descriptors:
-  - key: tool
-    value: search_docs
-    rate_limit: {unit: day, requests_per_unit: 20}
-  - key: tool
-    rate_limit: {unit: day, requests_per_unit: 1000000000}
-"#;
+static LIMITS: LazyLock<String> = LazyLock::new(|| limits(20, 1000000000));
 
 const PLUGIN: &str = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000}"#;
-
-fn tools_call(id: u64, tool: &str) -> String {
-    format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"query":"q"}}}}}}"#
-    )
-}
 
 /// An Envoy with two workers in front of `rls` and `up`.
 fn envoy(rls: &DevRls, up: &McpUpstream) -> (Envoy, SocketAddr) {
@@ -168,7 +156,7 @@ fn assert_exactly_n_passed(results: &[(u64, Response)], total: u64) {
 
 #[test]
 fn exactly_n_of_ten_n_concurrent_calls_pass_with_two_workers() {
-    let rls = DevRls::start(&[LIMITS]).unwrap();
+    let rls = DevRls::start(&[LIMITS.as_str()]).unwrap();
     let up = McpUpstream::start().unwrap();
     let (envoy, addr) = envoy(&rls, &up);
     let total = 10 * N;
@@ -196,7 +184,7 @@ fn exactly_n_of_ten_n_concurrent_calls_pass_with_two_workers() {
 
 #[test]
 fn exactly_n_pass_across_two_envoys_sharing_the_service() {
-    let rls = DevRls::start(&[LIMITS]).unwrap();
+    let rls = DevRls::start(&[LIMITS.as_str()]).unwrap();
     let up = McpUpstream::start().unwrap();
     let (a, addr_a) = envoy(&rls, &up);
     let (b, addr_b) = envoy(&rls, &up);
@@ -269,7 +257,7 @@ fn soak_memory_stays_flat_under_mixed_traffic() {
     const LEAK_PER_REQUEST: u64 = 100;
     const THREADS: u64 = 8;
 
-    let rls = DevRls::start(&[LIMITS]).unwrap();
+    let rls = DevRls::start(&[LIMITS.as_str()]).unwrap();
     let up = McpUpstream::start().unwrap();
     let (envoy, addr) = envoy(&rls, &up);
     let pid = envoy.pid();

@@ -24,21 +24,15 @@
     clippy::indexing_slicing
 )]
 
+use e2e::fixtures::limits;
 use e2e::{stack, DevRls, Envoy, McpServer, McpServerOptions, Scenario, SdkClient, CLOCK_AT};
 use serde_json::{json, Value};
+use std::sync::LazyLock;
 
 /// `search_docs` 3 a day, every other tool 1000 a day. dev-rls runs on a
 /// frozen clock (the harness's default), so no window rolls over during a
 /// test and the counts are exact at any time of day.
-const LIMITS: &str = r#"
-domain: mcp
-descriptors:
-  - key: tool
-    value: search_docs
-    rate_limit: {unit: day, requests_per_unit: 3}
-  - key: tool
-    rate_limit: {unit: day, requests_per_unit: 1000}
-"#;
+static LIMITS: LazyLock<String> = LazyLock::new(|| limits(3, 1000));
 
 /// How many `search_docs` calls the limit allows.
 const ALLOWED: u64 = 3;
@@ -94,7 +88,7 @@ struct Stack {
 
 impl Stack {
     fn start(mode: Mode, denial: Denial) -> Stack {
-        let rls = DevRls::start(&[LIMITS]).unwrap();
+        let rls = DevRls::start(&[LIMITS.as_str()]).unwrap();
         let server = McpServer::start(McpServerOptions {
             json_response: matches!(mode, Mode::Json),
             stateless: false,
