@@ -720,12 +720,38 @@ fn is_identity(encoding: &[u8]) -> bool {
 
 // -- Descriptors ------------------------------------------------------------
 
-/// A descriptor entry's value before the fetched ones are in place.
-enum Value<'a> {
-    /// From the configuration, the body or the MCP headers already read.
-    Known(Cow<'a, str>),
-    /// The `i`th value fetched from the host.
-    Fetched(usize),
+/// Header and metadata values fetched from the host for one request.
+type Fetched<'c> = Vec<(&'c Source, Option<String>)>;
+
+/// Whether a source's value comes from the host.
+fn is_fetched(source: &Source) -> bool {
+    matches!(
+        source,
+        Source::Mcp(McpField::SessionId) | Source::Header(_) | Source::Metadata { .. }
+    )
+}
+
+/// An entry's value for one message, borrowed from the configuration, the
+/// body, the MCP headers or the values fetched so far; `None` when absent
+/// (or not fetched).
+fn entry_value<'a>(
+    source: &'a Source,
+    req: &'a jsonrpc::Request<'a>,
+    mcp: &'a McpHeaders,
+    fetched: &'a Fetched<'_>,
+) -> Option<Cow<'a, str>> {
+    match source {
+        Source::Literal(v) => Some(Cow::Borrowed(v.as_str())),
+        Source::Mcp(McpField::ProtocolVersion) => {
+            mcp.protocol_version.as_deref().map(String::from_utf8_lossy)
+        }
+        Source::Mcp(McpField::SessionId) | Source::Header(_) | Source::Metadata { .. } => fetched
+            .iter()
+            .find(|(s, _)| *s == source)
+            .and_then(|(_, v)| v.as_deref())
+            .map(Cow::Borrowed),
+        Source::Mcp(field) => mcp_value(*field, req),
+    }
 }
 
 /// The `RateLimitRequest` for a body, or `None` when no descriptor applies.
@@ -741,63 +767,33 @@ fn encode_descriptors(
     mcp: &McpHeaders,
     host: &impl Host,
 ) -> Option<Vec<u8>> {
-    let mut fetched: Vec<(&Source, Option<String>)> = Vec::new();
-    let mut found: Vec<(Vec<(&str, Value<'_>)>, u64)> = Vec::new();
+    // First the values from the host, each fetched at most once...
+    let mut fetched: Fetched<'_> = Vec::new();
     for req in body.requests() {
-        'descriptor: for d in &cfg.descriptors {
-            let mut entries = Vec::with_capacity(d.len());
+        for d in &cfg.descriptors {
             for e in d {
-                let value = match &e.source {
-                    Source::Literal(v) => Value::Known(Cow::Borrowed(v.as_str())),
-                    Source::Mcp(McpField::ProtocolVersion) => match &mcp.protocol_version {
-                        Some(v) => Value::Known(String::from_utf8_lossy(v)),
-                        None => continue 'descriptor,
-                    },
-                    Source::Mcp(McpField::SessionId)
-                    | Source::Header(_)
-                    | Source::Metadata { .. } => {
-                        let i = match fetched.iter().position(|(s, _)| *s == &e.source) {
-                            Some(i) => i,
-                            None => {
-                                fetched.push((&e.source, fetch(&e.source, host)));
-                                fetched.len() - 1
-                            }
-                        };
-                        match fetched.get(i) {
-                            Some((_, Some(_))) => Value::Fetched(i),
-                            _ => continue 'descriptor,
-                        }
-                    }
-                    Source::Mcp(field) => match mcp_value(*field, req) {
-                        Some(v) => Value::Known(v),
-                        None => continue 'descriptor,
-                    },
-                };
-                entries.push((e.key.as_str(), value));
+                if is_fetched(&e.source) && !fetched.iter().any(|(s, _)| *s == &e.source) {
+                    fetched.push((&e.source, fetch(&e.source, host)));
+                }
+                if entry_value(&e.source, req, mcp, &fetched).is_none() {
+                    break;
+                }
             }
-            found.push((entries, 1));
         }
     }
-    let mut descriptors: Vec<Descriptor<'_>> = Vec::with_capacity(found.len());
-    for (entries, hits) in found {
-        let entries: Vec<(&str, Cow<'_, str>)> = entries
-            .into_iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    Value::Known(v) => v,
-                    Value::Fetched(i) => Cow::Borrowed(
-                        fetched
-                            .get(i)
-                            .and_then(|(_, v)| v.as_deref())
-                            .unwrap_or_default(),
-                    ),
-                };
-                (k, v)
-            })
-            .collect();
-        match descriptors.iter_mut().find(|o| o.entries == entries) {
-            Some(existing) => existing.hits += hits,
-            None => descriptors.push(Descriptor { entries, hits }),
+    // ...then the descriptors, borrowing every value.
+    let mut descriptors: Vec<Descriptor<'_>> = Vec::new();
+    for req in body.requests() {
+        for d in &cfg.descriptors {
+            let entries: Option<Vec<(&str, Cow<'_, str>)>> = d
+                .iter()
+                .map(|e| Some((e.key.as_str(), entry_value(&e.source, req, mcp, &fetched)?)))
+                .collect();
+            let Some(entries) = entries else { continue };
+            match descriptors.iter_mut().find(|o| o.entries == entries) {
+                Some(existing) => existing.hits += 1,
+                None => descriptors.push(Descriptor { entries, hits: 1 }),
+            }
         }
     }
     if descriptors.is_empty() {
