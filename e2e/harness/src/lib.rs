@@ -22,6 +22,7 @@ pub mod fixtures;
 pub mod http;
 pub mod paths;
 pub mod proc;
+pub mod ratelimit;
 pub mod sdk;
 pub mod services;
 pub mod stack;
@@ -30,6 +31,7 @@ pub use envoy::{Envoy, EnvoyOptions, EnvoyPorts};
 pub use http::{post_json, Conn, Request, Response};
 pub use paths::Paths;
 pub use proc::{test_dir, Proc};
+pub use ratelimit::{RateLimitOptions, RateLimitService, Redis};
 pub use sdk::{Scenario, SdkClient};
 pub use services::{DevRls, McpServer, McpServerOptions, McpUpstream, RlsClock, CLOCK_AT};
 

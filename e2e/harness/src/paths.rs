@@ -9,6 +9,8 @@
 //! | filter wasm that panics on request (feature `panic-test`) | `MCP_RATELIMIT_PANIC_WASM` | `<target>/mcp_ratelimit_panic_test.wasm` (`make wasm-panic-test`) |
 //! | Python with the MCP SDK | `MCP_PYTHON` | `<root>/.venv/bin/python` (what `make deps` installs) |
 //! | Node.js | `NODE_BIN` | `node` on `PATH` |
+//! | envoyproxy/ratelimit | `RATELIMIT_BIN` | `<target>/ratelimit/ratelimit` (what `make ratelimit` builds) |
+//! | Redis | `REDIS_SERVER_BIN` | `redis-server` on `PATH` |
 //!
 //! `<root>` is the workspace root (two levels above this crate's manifest
 //! directory); `<target>` is `CARGO_TARGET_DIR` if set (relative to `<root>`),
@@ -159,6 +161,34 @@ impl Paths {
             Error::new(
                 "Node.js (`node`) not found on PATH: install Node.js 20, then run `make deps` \
                  (it runs `npm ci` in e2e/clients/ts), or set NODE_BIN",
+            )
+        })
+    }
+
+    /// envoyproxy/ratelimit's service, as `make ratelimit` builds it.
+    pub fn ratelimit(&self) -> Result<PathBuf> {
+        if let Some(p) = from_env("RATELIMIT_BIN")? {
+            return Ok(p);
+        }
+        let p = self.target.join("ratelimit/ratelimit");
+        if p.is_file() {
+            return Ok(p);
+        }
+        Err(Error::new(format!(
+            "envoyproxy/ratelimit not found at {}: run `make ratelimit` or set RATELIMIT_BIN",
+            p.display()
+        )))
+    }
+
+    /// Redis's server.
+    pub fn redis_server(&self) -> Result<PathBuf> {
+        if let Some(p) = from_env("REDIS_SERVER_BIN")? {
+            return Ok(p);
+        }
+        on_path("redis-server").ok_or_else(|| {
+            Error::new(
+                "redis-server not found on PATH: run `make e2e` (it installs Debian's \
+                 redis-server) or set REDIS_SERVER_BIN",
             )
         })
     }
