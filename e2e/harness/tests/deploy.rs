@@ -273,6 +273,57 @@ fn compose_wasm_mount(compose: &Value) -> Mount {
         .expect("the envoy service mounts the module")
 }
 
+/// The commit of envoyproxy/ratelimit that `make ratelimit` builds: the
+/// revision of the pseudo-version `e2e/ratelimit/go.mod` requires, cut to
+/// the 8 hex digits its images are tagged with.
+fn tested_ratelimit_commit() -> String {
+    let gomod = read("e2e/ratelimit/go.mod");
+    let version = gomod
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("github.com/envoyproxy/ratelimit "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("e2e/ratelimit/go.mod requires github.com/envoyproxy/ratelimit");
+    let revision = version.rsplit('-').next().unwrap();
+    assert_eq!(
+        revision.len(),
+        12,
+        "{version} is not a pseudo-version of a commit"
+    );
+    assert!(revision.bytes().all(|b| b.is_ascii_hexdigit()), "{version}");
+    revision[..8].to_owned()
+}
+
+/// The Redis the end-to-end tests run (`redis-server --version`): `7.0.15`.
+fn tested_redis_version() -> String {
+    let bin = Paths::discover().redis_server().unwrap();
+    let out = Command::new(&bin).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("v="))
+        .unwrap_or_else(|| panic!("no version in {text:?}"))
+        .to_owned()
+}
+
+#[test]
+fn compose_and_istio_name_the_service_and_redis_the_tests_run() {
+    let compose = compose();
+    assert_eq!(
+        str_at(service(&compose, "ratelimit"), "/image", "ratelimit"),
+        format!("envoyproxy/ratelimit:{}", tested_ratelimit_commit())
+    );
+    assert_eq!(
+        str_at(service(&compose, "redis"), "/image", "redis"),
+        format!("redis:{}-alpine", tested_redis_version())
+    );
+    // The Istio manifests name the same images (see istio_manifests_*).
+    let istio = read("envoy/istio/ratelimit-service.yaml");
+    assert!(istio.contains(&format!(
+        "image: envoyproxy/ratelimit:{}\n",
+        tested_ratelimit_commit()
+    )));
+    assert!(istio.contains(&format!("image: redis:{}-alpine\n", tested_redis_version())));
+}
+
 #[test]
 fn compose_file_pins_its_images_and_references_existing_paths() {
     let compose = compose();
@@ -861,6 +912,15 @@ fn istio_manifests_parse_with_the_expected_kinds() {
             "ratelimit"
         ),
         str_at(service(&compose, "ratelimit"), "/image", "ratelimit")
+    );
+
+    assert_eq!(
+        str_at(
+            object(&objects, "Deployment", "redis"),
+            "/spec/template/spec/containers/0/image",
+            "redis"
+        ),
+        str_at(service(&compose, "redis"), "/image", "redis")
     );
 
     let plugin = object(&objects, "WasmPlugin", "mcp-ratelimit");
