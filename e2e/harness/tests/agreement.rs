@@ -320,6 +320,7 @@ fn dev_rls_and_envoyproxy_ratelimit_answer_alike() {
         .filter(|(d, r)| d != r)
         .map(|(d, r)| format!("dev-rls:              {d}\nenvoyproxy/ratelimit: {r}"))
         .collect();
+    assert_eq!(dev.len(), 32, "the README counts 32 requests");
     assert_eq!(dev.len(), real.len());
     assert!(
         differences.is_empty(),
