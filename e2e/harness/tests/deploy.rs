@@ -19,7 +19,12 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use e2e::{post_json, render, test_dir, DevRls, Envoy, McpUpstream, Paths, CLOCK_AT};
+use e2e::fixtures::tools_call;
+use e2e::ratelimit::window_with;
+use e2e::{
+    post_json, render, test_dir, DevRls, Envoy, McpUpstream, Paths, RateLimitOptions,
+    RateLimitService, Redis, CLOCK_AT,
+};
 use mcp_ratelimit::config::Config;
 use serde_json::{json, Value};
 
@@ -693,6 +698,89 @@ fn compose_envoy_config_enforces_the_shipped_limits() {
         json!({"jsonrpc":"2.0","id":4,"error":{"code":429,"message":"Rate limit exceeded","data":{"retryAfterSeconds":60}}})
     );
     // The denied call never reached the MCP server.
+    assert_eq!(up.calls("search_docs").unwrap(), 3);
+}
+
+/// The compose stack's rate-limit service, as far as it runs here: the
+/// envoyproxy/ratelimit commit it names (built by `make ratelimit`), with
+/// the compose file's environment (addresses aside) and the limits file it
+/// mounts, where it mounts it, behind the compose Envoy config.
+#[test]
+fn compose_ratelimit_service_runs_with_its_environment() {
+    let compose = compose();
+    let svc = service(&compose, "ratelimit");
+    let env = at(svc, "/environment", "ratelimit").as_object().unwrap();
+    let var = |k: &str| {
+        env.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    // The limits file is mounted where the service reads its config.
+    let limits = mounts(svc)
+        .into_iter()
+        .find(|m| m.source == "../envoy/ratelimit.yaml")
+        .expect("the shipped limits are mounted");
+    let dir = format!(
+        "{}/{}/config/",
+        var("RUNTIME_ROOT"),
+        var("RUNTIME_SUBDIRECTORY")
+    );
+    assert!(
+        limits.target.starts_with(&dir),
+        "{} is not in {dir}",
+        limits.target
+    );
+    assert_eq!(var("GRPC_PORT"), "8081");
+    // Addresses, ports and the runtime directory are the harness's own.
+    let local = |k: &str| {
+        k.ends_with("_HOST")
+            || k.ends_with("PORT")
+            || ["HOST", "REDIS_URL", "RUNTIME_ROOT"].contains(&k)
+    };
+    let opts = RateLimitOptions {
+        env: env
+            .iter()
+            .filter(|(k, _)| !local(k))
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+            .collect(),
+        ..RateLimitOptions::default()
+    };
+    assert!(
+        opts.env.iter().any(|(k, _)| k == "RUNTIME_WATCH_ROOT"),
+        "{:?}",
+        opts.env
+    );
+    let redis = Redis::start().unwrap();
+    let rls = RateLimitService::start_with(redis.port(), &[&read("envoy/ratelimit.yaml")], &opts)
+        .unwrap();
+    let up = McpUpstream::start().unwrap();
+    let yaml = compose_envoy_local(&[
+        ("port_value: 10000", "port_value: 0".to_owned()),
+        ("port_value: 9901", "port_value: 0".to_owned()),
+        ("port_value: 8081", format!("port_value: {}", rls.port())),
+        ("port_value: 8082", format!("port_value: {}", up.port())),
+    ]);
+    let envoy = Envoy::start(&yaml).unwrap();
+    let addr = envoy.listener_addr().unwrap();
+    window_with(60, std::time::Duration::from_secs(10));
+    for id in 1..=3 {
+        let resp = post_json(addr, "/mcp", &tools_call(id, "search_docs"), &[]).unwrap();
+        assert_eq!(
+            resp.status,
+            200,
+            "call {id}: {}\n{}",
+            resp.text(),
+            rls.logs()
+        );
+    }
+    let resp = post_json(addr, "/mcp", &tools_call(4, "search_docs"), &[]).unwrap();
+    assert_eq!(resp.status, 429, "call 4: {}", resp.text());
+    let retry: u64 = resp.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(
+        resp.json(),
+        json!({"jsonrpc":"2.0","id":4,"error":{"code":429,"message":"Rate limit exceeded","data":{"retryAfterSeconds":retry}}})
+    );
     assert_eq!(up.calls("search_docs").unwrap(), 3);
 }
 
