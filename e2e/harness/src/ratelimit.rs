@@ -31,6 +31,7 @@ fn bind_failed(logs: &str) -> bool {
 
 /// A Redis server on 127.0.0.1 with persistence off (no RDB snapshots, no
 /// append-only file), its files in its own temp dir; stopped on drop.
+/// `DEBUG SLEEP` is allowed from loopback.
 pub struct Redis {
     proc: Proc,
     port: u16,
@@ -58,6 +59,8 @@ impl Redis {
         let mut cmd = Command::new(bin);
         cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            // `DEBUG SLEEP` from loopback, to make Redis slow in tests.
+            .args(["--enable-debug-command", "local"])
             .arg("--dir")
             .arg(dir.path());
         let mut proc = Proc::spawn_in(dir, "redis", &mut cmd)?;

@@ -320,7 +320,7 @@ fn concurrently(
 #[test]
 fn two_replicas_and_two_envoys_admit_exactly_the_limit() {
     let p = Production::start(&[STRICT, STRICT], 2, 2, &RateLimitOptions::default());
-    let end = window_with(60, Duration::from_secs(40));
+    let end = window_with(60, Duration::from_secs(20));
     let t0 = unix_now();
     let answers = concurrently(&p, 1..601, 24, |id| {
         ((id % 2) as usize, tools_call(id, "get_weather"))
@@ -451,7 +451,7 @@ fn redis_stopped_under_fail_open_and_fail_closed() {
 /// filter's timeout answers first, in each failure mode; nothing hangs, and
 /// all is well once Redis runs again.
 #[test]
-fn redis_slow_under_fail_open_and_fail_closed() {
+fn redis_hung_under_fail_open_and_fail_closed() {
     let mut p = Production::start(&[OPEN, CLOSED], 1, 1, &RateLimitOptions::default());
     let end = window_with(60, Duration::from_secs(25));
     assert_passed(&p.post(0, &tools_call(1, "get_weather")), 1, "get_weather");
@@ -473,6 +473,41 @@ fn redis_slow_under_fail_open_and_fail_closed() {
     .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
     let n = p.count("get_weather", end);
     assert!((2..=6).contains(&n), "get_weather counted {n} times");
+}
+
+/// Redis slow but within the filter's timeout (it sleeps 150 ms at a time,
+/// over and over): every call waits, none fails, and the counts are exact.
+#[test]
+fn redis_slow_within_the_timeout_counts_exactly() {
+    let p = Production::start(&[STRICT], 1, 1, &RateLimitOptions::default());
+    let end = window_with(60, Duration::from_secs(20));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (answers, sleeps) = std::thread::scope(|s| {
+        let sleeper = s.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                p.redis.command(&["DEBUG", "SLEEP", "0.15"]).unwrap();
+                n += 1;
+            }
+            n
+        });
+        let answers = concurrently(&p, 1..41, 4, |id| (0, tools_call(id, "get_weather")));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (answers, sleeper.join().unwrap())
+    });
+    assert!(sleeps >= 2, "Redis slept only {sleeps} times");
+    for (id, resp, took) in &answers {
+        assert_passed(resp, *id, "get_weather");
+        assert!(*took < Duration::from_millis(3000), "{id} took {took:?}");
+    }
+    let slowest = answers.iter().map(|(_, _, took)| *took).max().unwrap();
+    assert!(
+        slowest >= Duration::from_millis(100),
+        "no call waited for Redis: {slowest:?}"
+    );
+    assert_eq!(p.count("get_weather", end), 40);
+    assert_eq!(p.stat(0, "ok"), 40);
+    assert_eq!(p.stat(0, "error"), 0);
 }
 
 /// The service restarted (SIGTERM, then started again on its port) while
