@@ -317,6 +317,9 @@ impl RawConfig {
         if self.header_fast_path && !self.validate_mcp_headers {
             return err("`header_fast_path` needs `validate_mcp_headers` (requests that fall back to the body must still be checked)");
         }
+        if self.header_fast_path && !self.hold_headers {
+            return err("`header_fast_path` needs `hold_headers` (a buffer filter after this one miscounts a chunked body that the filter resumes before its end)");
+        }
         Ok(())
     }
 }
@@ -708,6 +711,17 @@ mod tests {
         assert_eq!(
             c.descriptors[1][0].source,
             Source::Mcp(McpField::ProtocolVersion)
+        );
+        // The fast path resumes requests before their body ends: only
+        // without a buffer filter after this one.
+        let msg = parse(
+            r#"{"domain":"d","rls_cluster":"r","header_fast_path":true,"hold_headers":false}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("`header_fast_path` needs `hold_headers`"),
+            "{msg}"
         );
     }
 

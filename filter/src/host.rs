@@ -13,6 +13,7 @@ use mcp_ratelimit_abi::{
 };
 
 use crate::config::Config;
+use crate::envoy_version::{self, Version};
 use crate::flow::{Counter, Flow, Host, Step};
 use crate::reply::LocalReply;
 use crate::rls;
@@ -44,6 +45,20 @@ impl Metrics {
     }
 }
 
+/// Envoy's own version, from its node properties (see [`envoy_version`]).
+fn envoy_version() -> Option<Version> {
+    let part = |field: &str| {
+        let mut path = envoy_version::PROPERTY.to_vec();
+        path.push(field);
+        hostcalls::property(&path)
+            .inspect_err(|e| log::warn!("cannot read Envoy's version ({field}): {e}"))
+            .ok()
+            .flatten()
+    };
+    let [major, minor, patch] = envoy_version::FIELDS.map(part);
+    Version::from_properties([major.as_deref(), minor.as_deref(), patch.as_deref()])
+}
+
 #[derive(Default)]
 struct Root {
     config: Option<Rc<Config>>,
@@ -62,6 +77,12 @@ impl RootContext for Root {
                     cfg.timeout_ms,
                     cfg.failure_mode_deny
                 );
+                if cfg.header_fast_path {
+                    if let Some(refusal) = envoy_version::fast_path_refusal(envoy_version()) {
+                        log::error!("mcp-ratelimit: {refusal}");
+                        return false;
+                    }
+                }
                 if cfg.hold_headers {
                     log::info!(
                         "mcp-ratelimit holds request headers while it reads the body: the Wasm filter \

@@ -18,6 +18,7 @@
 )]
 
 pub mod config;
+pub mod envoy_version;
 pub mod flow;
 pub mod jsonrpc;
 pub mod mcp_headers;

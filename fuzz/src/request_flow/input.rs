@@ -15,10 +15,9 @@ pub const CONFIGS: &[&str] = &[
     // 2. The header fast path with the meta-tool's inner name in a header.
     r#"{"domain":"mcp","rls_cluster":"r","max_body_bytes":64,"header_fast_path":true,
         "param_headers":[{"tool":"call_tool","argument":"tool_name","header":"ToolName"}]}"#,
-    // 3. The fast path, fail closed, headers not held (a buffer filter
-    //    follows).
+    // 3. The fast path, fail closed.
     r#"{"domain":"fast","rls_cluster":"r","header_fast_path":true,"failure_mode_deny":true,
-        "hold_headers":false,"max_body_bytes":512,
+        "max_body_bytes":512,
         "param_headers":[{"tool":"call_tool","argument":"tool_name","header":"Mcp-Param-ToolName"},
                          {"tool":"search","argument":"region","header":"Region"}]}"#,
     // 4. Every descriptor source, a customised denial, two meta-tools.
@@ -48,10 +47,10 @@ pub const CONFIGS: &[&str] = &[
         "param_headers":[{"tool":"call_tool","argument":"parameters","header":"Params"},
                          {"tool":"call_tool","argument":"tool_name","header":"ToolName"},
                          {"tool":"search","argument":"region","header":"Region"}]}"#,
-    // 8. A tiny cap, fail closed, the fast path without holding headers:
-    //    oversized denials, whitespace reaching the cap.
+    // 8. A tiny cap, fail closed, the fast path: oversized denials,
+    //    whitespace reaching the cap.
     r#"{"domain":"s","rls_cluster":"r","max_body_bytes":40,"failure_mode_deny":true,
-        "header_fast_path":true,"hold_headers":false,
+        "header_fast_path":true,
         "param_headers":[{"tool":"search","argument":"region","header":"Region"}]}"#,
 ];
 
