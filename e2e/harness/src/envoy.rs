@@ -7,6 +7,10 @@
 //! [`Envoy::listener_addr`] asks the admin `/listeners` endpoint for the
 //! bound address. For fixed ports, [`Envoy::start_on_free_ports`] picks free
 //! ones and retries once if a port was taken meanwhile.
+//!
+//! Envoy is the binary of [`Paths::envoy`] unless [`EnvoyOptions::bin`]
+//! names another one; [`versions`] lists the Envoy releases installed for
+//! the tests that run on each of them.
 
 use crate::http::{Request, Response};
 use crate::paths::Paths;
@@ -53,6 +57,8 @@ pub struct EnvoyOptions {
     pub ready_timeout: Duration,
     /// Further arguments, appended last.
     pub extra_args: Vec<String>,
+    /// The Envoy binary; `None` is the one [`Paths::envoy`] finds.
+    pub bin: Option<PathBuf>,
 }
 
 impl Default for EnvoyOptions {
@@ -63,6 +69,22 @@ impl Default for EnvoyOptions {
             concurrency: 1,
             ready_timeout: Duration::from_secs(30),
             extra_args: Vec::new(),
+            bin: None,
+        }
+    }
+}
+
+impl EnvoyOptions {
+    /// The binary these options run: [`EnvoyOptions::bin`], else the one
+    /// [`Paths::envoy`] finds.
+    pub fn envoy_bin(&self) -> Result<PathBuf> {
+        match &self.bin {
+            Some(bin) if bin.is_file() => Ok(bin.clone()),
+            Some(bin) => Err(Error::new(format!(
+                "Envoy binary {} does not exist",
+                bin.display()
+            ))),
+            None => Paths::discover().envoy(),
         }
     }
 }
@@ -127,20 +149,29 @@ impl Envoy {
 
     /// Runs `envoy --mode validate` on this config: (success, output).
     pub fn validate(config_yaml: &str) -> Result<(bool, String)> {
+        Self::validate_with(config_yaml, &EnvoyOptions::default())
+    }
+
+    /// [`Envoy::validate`] with the binary of `opts` (its other options are
+    /// not used).
+    pub fn validate_with(config_yaml: &str, opts: &EnvoyOptions) -> Result<(bool, String)> {
         let dir = test_dir("envoy-validate")?;
         let path = dir.path().join("envoy.yaml");
         std::fs::write(&path, config_yaml)
             .context(|| format!("cannot write {}", path.display()))?;
-        Self::validate_in(dir, &path)
+        Self::validate_in(dir, &path, &opts.envoy_bin()?)
     }
 
     /// Runs `envoy --mode validate` on this config file: (success, output).
     pub fn validate_file(path: &Path) -> Result<(bool, String)> {
-        Self::validate_in(test_dir("envoy-validate")?, path)
+        Self::validate_in(
+            test_dir("envoy-validate")?,
+            path,
+            &EnvoyOptions::default().envoy_bin()?,
+        )
     }
 
-    fn validate_in(dir: tempfile::TempDir, path: &Path) -> Result<(bool, String)> {
-        let envoy = Paths::discover().envoy()?;
+    fn validate_in(dir: tempfile::TempDir, path: &Path, envoy: &Path) -> Result<(bool, String)> {
         let mut cmd = Command::new(envoy);
         cmd.arg("--mode")
             .arg("validate")
@@ -164,7 +195,16 @@ impl Envoy {
     /// has exited non-zero. Fails if it becomes ready, exits 0, or is still
     /// running after `timeout`.
     pub fn try_start_expect_failure(config_yaml: &str, timeout: Duration) -> Result<String> {
-        match Self::launch(config_yaml, &EnvoyOptions::default(), timeout)? {
+        Self::try_start_expect_failure_with(config_yaml, &EnvoyOptions::default(), timeout)
+    }
+
+    /// [`Envoy::try_start_expect_failure`] with options.
+    pub fn try_start_expect_failure_with(
+        config_yaml: &str,
+        opts: &EnvoyOptions,
+        timeout: Duration,
+    ) -> Result<String> {
+        match Self::launch(config_yaml, opts, timeout)? {
             Started::Ready(mut envoy) => {
                 let _ = envoy.stop();
                 Err(Error::new(format!(
@@ -180,7 +220,7 @@ impl Envoy {
     }
 
     fn launch(config_yaml: &str, opts: &EnvoyOptions, timeout: Duration) -> Result<Started> {
-        let envoy_bin = Paths::discover().envoy()?;
+        let envoy_bin = opts.envoy_bin()?;
         let dir = test_dir("envoy")?;
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config_yaml)
@@ -410,4 +450,131 @@ impl Envoy {
 /// stdout then stderr of a finished process.
 fn output(proc: &Proc) -> String {
     format!("{}{}", proc.stdout(), proc.stderr())
+}
+
+/// The Envoy releases installed for the tests, oldest first: `(version,
+/// binary)`.
+///
+/// Each directory `<dir>/<version>` holds one release, run as
+/// `<dir>/<version>/bin/envoy` (what `make envoy-versions` installs), where
+/// `<dir>` is `ENVOY_VERSIONS_DIR`, else `<target>/envoy-versions`. The
+/// binary of [`Paths::envoy`] is listed too, under the version it reports.
+/// Every binary must report the version it is listed under.
+///
+/// Fails when the directory is missing or holds no release, or when a
+/// release is incomplete: a test meant to run on every release must not
+/// pass having run on none.
+pub fn versions() -> Result<Vec<(String, PathBuf)>> {
+    let dir = match std::env::var_os("ENVOY_VERSIONS_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => Paths::discover().target.join("envoy-versions"),
+    };
+    let entries = std::fs::read_dir(&dir).context(|| {
+        format!(
+            "cannot read the Envoy releases directory {} (run `make envoy-versions`, \
+             or set ENVOY_VERSIONS_DIR)",
+            dir.display()
+        )
+    })?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.context(|| format!("cannot read {}", dir.display()))?;
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let bin = entry.path().join("bin").join("envoy");
+        if !bin.is_file() {
+            return Err(Error::new(format!(
+                "{} has no bin/envoy: an incomplete install (run `make envoy-versions`)",
+                entry.path().display()
+            )));
+        }
+        let reported = version_of(&bin)?;
+        if reported != name {
+            return Err(Error::new(format!(
+                "{} reports Envoy {reported}, not {name}",
+                bin.display()
+            )));
+        }
+        found.push((name, bin));
+    }
+    if found.is_empty() {
+        return Err(Error::new(format!(
+            "no Envoy release in {} (run `make envoy-versions`)",
+            dir.display()
+        )));
+    }
+    let default = Paths::discover().envoy()?;
+    let version = version_of(&default)?;
+    if !found.iter().any(|(v, _)| *v == version) {
+        found.push((version, default));
+    }
+    found.sort_by_key(|(v, _)| version_key(v));
+    Ok(found)
+}
+
+/// The version an Envoy binary reports (`1.40.0`), from `envoy --version`.
+pub fn version_of(bin: &Path) -> Result<String> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .context(|| format!("cannot run {} --version", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(Error::new(format!(
+            "{} --version failed ({}): {text}{}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    parse_version(&text).ok_or_else(|| {
+        Error::new(format!(
+            "no version in the output of {} --version: {text:?}",
+            bin.display()
+        ))
+    })
+}
+
+/// The version in `envoy --version` output:
+/// `envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL` gives `1.40.0`.
+fn parse_version(text: &str) -> Option<String> {
+    let (_, rest) = text.split_once("version: ")?;
+    let version = rest.split('/').nth(1)?.trim();
+    let numeric = !version.is_empty()
+        && version
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    numeric.then(|| version.to_owned())
+}
+
+/// `1.9.0` sorts before `1.10.0`.
+fn version_key(version: &str) -> Vec<u64> {
+    version.split('.').map(|p| p.parse().unwrap_or(0)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_reported_version() {
+        let out = "\nenvoy  version: bad8280de85c25b147a90c1d9b8a8c67a13e7134/1.36.4/Clean/RELEASE/BoringSSL\n";
+        assert_eq!(parse_version(out).as_deref(), Some("1.36.4"));
+        assert_eq!(
+            parse_version("envoy version: abc/1.40.0/Modified/DEBUG/BoringSSL-FIPS").as_deref(),
+            Some("1.40.0")
+        );
+        assert_eq!(parse_version("envoy version: abc"), None);
+        assert_eq!(parse_version("envoy version: abc/1.x/Clean"), None);
+        assert_eq!(parse_version("nothing"), None);
+    }
+
+    #[test]
+    fn versions_sort_numerically() {
+        let mut v = vec!["1.10.0", "1.9.3", "1.40.0", "1.36.4"];
+        v.sort_by_key(|v| version_key(v));
+        assert_eq!(v, ["1.9.3", "1.10.0", "1.36.4", "1.40.0"]);
+    }
 }

@@ -125,6 +125,29 @@ impl Stack {
         }
     }
 
+    /// [`Stack::start_on`] with Envoy run with `opts` (e.g. another Envoy
+    /// binary, [`crate::EnvoyOptions::bin`]). Fails, rather than panics, when a
+    /// process does not start, so that a caller running several Envoy
+    /// releases can say which one failed.
+    pub fn start_opts(
+        rls: DevRls,
+        template: &str,
+        plugin: &str,
+        extra: &[(&str, String)],
+        opts: &crate::EnvoyOptions,
+    ) -> Result<Stack> {
+        let up = McpUpstream::start()?;
+        let yaml = render_config(&shipped(template)?, rls.port(), up.port(), plugin, extra)?;
+        let envoy = Envoy::start_with(&yaml, opts)?;
+        let addr = envoy.listener_addr()?;
+        Ok(Stack {
+            envoy,
+            rls,
+            up,
+            addr,
+        })
+    }
+
     /// POSTs a JSON body to `/mcp`.
     pub fn post(&self, body: &str) -> Response {
         self.post_with(body, &[])
