@@ -248,6 +248,18 @@ impl Response {
             Err(e) => panic!("{e}"),
         }
     }
+
+    /// The `id` of each answer of a JSON-RPC batch answer, in order; panics
+    /// with the status and body if the body is not a JSON array.
+    pub fn batch_ids(&self) -> Vec<serde_json::Value> {
+        match self.json() {
+            serde_json::Value::Array(answers) => answers
+                .iter()
+                .map(|a| a.get("id").cloned().unwrap_or_default())
+                .collect(),
+            other => panic!("not a batch answer (status {}): {other}", self.status),
+        }
+    }
 }
 
 impl fmt::Debug for Response {

@@ -25,8 +25,21 @@ fn localhost(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn bind_failed(logs: &str) -> bool {
-    logs.contains("address already in use") || logs.contains("Address already in use")
+/// Runs `start`, which binds ports picked by [`free_port`], up to 3 times
+/// while it fails because one was taken in between.
+fn on_free_ports<T>(mut start: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match start() {
+            Err(e)
+                if attempt < 3
+                    && e.message()
+                        .to_lowercase()
+                        .contains("address already in use") => {}
+            done => return done,
+        }
+    }
 }
 
 /// A Redis server on 127.0.0.1 with persistence off (no RDB snapshots, no
@@ -40,15 +53,7 @@ pub struct Redis {
 impl Redis {
     /// Starts `redis-server` (see [`Paths::redis_server`]) on a free port.
     pub fn start() -> Result<Redis> {
-        let mut last = None;
-        for _ in 0..3 {
-            match Self::start_on(free_port()) {
-                Ok(redis) => return Ok(redis),
-                Err(e) if bind_failed(e.message()) => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| Error::new("redis did not start")))
+        on_free_ports(|| Self::start_on(free_port()))
     }
 
     /// Starts it on this port, e.g. to bring a stopped Redis back where the
@@ -186,15 +191,7 @@ impl RateLimitService {
         opts: &RateLimitOptions,
     ) -> Result<RateLimitService> {
         let configs: Vec<String> = configs.iter().map(|c| (*c).to_owned()).collect();
-        let mut last = None;
-        for _ in 0..3 {
-            match Self::launch(redis_port, &configs, opts) {
-                Ok(svc) => return Ok(svc),
-                Err(e) if bind_failed(e.message()) => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| Error::new("envoyproxy/ratelimit did not start")))
+        on_free_ports(|| Self::launch(redis_port, &configs, opts))
     }
 
     fn launch(

@@ -343,6 +343,28 @@ impl DevRls {
         })
     }
 
+    /// `dev-rls --check --config <path>`: what it prints for a limits file
+    /// it accepts (`ok`); an error with its stderr for one it refuses.
+    pub fn check(path: &Path) -> Result<String> {
+        let bin = Paths::discover().dev_rls()?;
+        let out = Command::new(&bin)
+            .arg("--check")
+            .arg("--config")
+            .arg(path)
+            .output()
+            .context(|| format!("cannot run {}", bin.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(Error::new(format!(
+                "dev-rls refuses {}: {}{stdout}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
     /// The gRPC address (for the Envoy cluster).
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -630,18 +630,7 @@ fn compose_mounts_the_shipped_limits_file_where_ratelimit_reads_it() {
     assert_eq!(source, root().join("envoy/ratelimit.yaml"));
 
     // The rate-limit service accepts it.
-    let out = Command::new(Paths::discover().dev_rls().unwrap())
-        .arg("--check")
-        .arg("--config")
-        .arg(&source)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    assert_eq!(DevRls::check(&source).unwrap(), "ok");
 
     // Its domain is the one the filter sends.
     let envoy = yaml("envoy/compose/envoy.yaml");
@@ -664,17 +653,23 @@ fn compose_mounts_the_shipped_limits_file_where_ratelimit_reads_it() {
 /// The compose Envoy config, run here against dev-rls with the shipped
 /// limits file: what `docker compose up` + compose-demo.sh would show, minus
 /// the containers.
+/// The compose Envoy config running here: listener and admin on free
+/// ports, the rate-limit service and the MCP server on these.
+fn compose_envoy(rls_port: u16, upstream_port: u16) -> Envoy {
+    let yaml = compose_envoy_local(&[
+        ("port_value: 10000", "port_value: 0".to_owned()),
+        ("port_value: 9901", "port_value: 0".to_owned()),
+        ("port_value: 8081", format!("port_value: {rls_port}")),
+        ("port_value: 8082", format!("port_value: {upstream_port}")),
+    ]);
+    Envoy::start(&yaml).unwrap()
+}
+
 #[test]
 fn compose_envoy_config_enforces_the_shipped_limits() {
     let rls = DevRls::start_files(&[root().join("envoy/ratelimit.yaml")]).unwrap();
     let up = McpUpstream::start().unwrap();
-    let yaml = compose_envoy_local(&[
-        ("port_value: 10000", "port_value: 0".to_owned()),
-        ("port_value: 9901", "port_value: 0".to_owned()),
-        ("port_value: 8081", format!("port_value: {}", rls.port())),
-        ("port_value: 8082", format!("port_value: {}", up.port())),
-    ]);
-    let envoy = Envoy::start(&yaml).unwrap();
+    let envoy = compose_envoy(rls.port(), up.port());
     let addr = envoy.listener_addr().unwrap();
     // search_docs: 3 a minute. dev-rls's clock is frozen at CLOCK_AT, the
     // start of a minute: the first 3 calls pass, the 4th is denied until the
@@ -754,13 +749,7 @@ fn compose_ratelimit_service_runs_with_its_environment() {
     let rls = RateLimitService::start_with(redis.port(), &[&read("envoy/ratelimit.yaml")], &opts)
         .unwrap();
     let up = McpUpstream::start().unwrap();
-    let yaml = compose_envoy_local(&[
-        ("port_value: 10000", "port_value: 0".to_owned()),
-        ("port_value: 9901", "port_value: 0".to_owned()),
-        ("port_value: 8081", format!("port_value: {}", rls.port())),
-        ("port_value: 8082", format!("port_value: {}", up.port())),
-    ]);
-    let envoy = Envoy::start(&yaml).unwrap();
+    let envoy = compose_envoy(rls.port(), up.port());
     let addr = envoy.listener_addr().unwrap();
     window_with(60, std::time::Duration::from_secs(10));
     for id in 1..=3 {

@@ -316,18 +316,7 @@ fn shipped_configs_validate() {
     }
     // The shipped limits file is accepted by the rate-limit service.
     let limits = Paths::discover().root.join("envoy/ratelimit.yaml");
-    let out = std::process::Command::new(Paths::discover().dev_rls().unwrap())
-        .arg("--check")
-        .arg("--config")
-        .arg(&limits)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    assert_eq!(DevRls::check(&limits).unwrap(), "ok");
 }
 
 #[test]

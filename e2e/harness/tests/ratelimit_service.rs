@@ -25,7 +25,7 @@ use e2e::{
     post_json, Envoy, EnvoyOptions, McpUpstream, RateLimitOptions, RateLimitService, Redis,
     Response,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Fail-closed, with a timeout no healthy call comes near on a loaded
 /// machine: a failed or slow call shows up as a 503, never as an admission.
@@ -232,13 +232,7 @@ fn batch_of_k_calls_consumes_k() {
     // A batch over the limit is denied as a whole, one error per call.
     let resp = p.post(0, &batch(&[13, 14], "search_docs"));
     assert_eq!(resp.status, 429, "{resp:?}");
-    let ids: Vec<Value> = resp
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].clone())
-        .collect();
+    let ids = resp.batch_ids();
     assert_eq!(ids, vec![json!(13), json!(14)]);
     assert_eq!(p.count("search_docs", end), 5);
     assert_eq!(p.up.calls("search_docs").unwrap(), 3);

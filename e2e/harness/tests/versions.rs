@@ -36,7 +36,7 @@
 use e2e::fixtures::{limits, tools_call, tools_call_with};
 use e2e::stack::{render_config, shipped, wasm_path, Stack};
 use e2e::{render, Conn, DevRls, Envoy, EnvoyOptions, Request, Response, CLOCK_AT};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -449,13 +449,7 @@ fn core_cases_on_every_release() {
         );
         let resp = s.post(&batch);
         assert_eq!(resp.status, 200, "{resp:?}");
-        let ids: Vec<Value> = resp
-            .json()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["id"].clone())
-            .collect();
+        let ids = resp.batch_ids();
         assert_eq!(ids, [json!(4), json!(5)]);
         let sent_now = s.rls_requests();
         assert_eq!(sent_now.len(), sent.len() + 1);
@@ -475,13 +469,7 @@ fn core_cases_on_every_release() {
             tools_call(9, "get_weather")
         ));
         assert_eq!(resp.status, 429, "{resp:?}");
-        let ids: Vec<Value> = resp
-            .json()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["id"].clone())
-            .collect();
+        let ids = resp.batch_ids();
         assert_eq!(ids, [json!(8), json!(9)]);
         assert_eq!(s.up.calls("search_docs").unwrap(), 3);
         assert_eq!(s.stat("over_limit"), 3);

@@ -4,9 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 
-use e2e::Paths;
+use e2e::{DevRls, Paths};
 use mcp_ratelimit::config::Config;
 use serde_json::{json, Value};
 
@@ -438,17 +437,7 @@ fn limits_configmap_holds_the_shipped_limits_where_the_service_reads_them() {
     let dir = e2e::test_dir("gateway-limits").unwrap();
     let path = dir.path().join("ratelimit.yaml");
     std::fs::write(&path, &limits).unwrap();
-    let out = Command::new(Paths::discover().dev_rls().unwrap())
-        .arg("--check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(DevRls::check(&path).unwrap(), "ok");
     let config = Config::parse(plugin_json(extension_policy(&objects)).as_bytes()).unwrap();
     assert_eq!(parsed["domain"], config.domain.as_str());
 
