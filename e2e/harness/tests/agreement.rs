@@ -8,6 +8,11 @@
 //! Both services run on the wall clock (dev-rls with `RlsClock::Real`), so a
 //! Retry-After is the same reset for both; it is shown as `<reset>` when it
 //! is the seconds left in the minute window at the time of the request.
+//!
+//! A second test compares the services' own answers, below the filter:
+//! every field of each descriptor status (code, `current_limit`,
+//! `limit_remaining`, `duration_until_reset`), for one sequence of requests
+//! sent to dev-rls in-process and to envoyproxy/ratelimit's JSON endpoint.
 
 #![allow(
     clippy::unwrap_used,
@@ -19,11 +24,18 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use dev_rls::rls_proto::rate_limit_response::rate_limit::Unit;
+use dev_rls::rls_proto::rate_limit_response::Code;
+use dev_rls::rls_proto::RateLimitRequest;
+use dev_rls::{ConfigSource, LoadOptions, RateLimitConfig};
 use e2e::fixtures::tools_call;
 use e2e::ratelimit::{unix_now, window_with};
 use e2e::stack::{render_config, shipped};
 use e2e::{post_json, DevRls, Envoy, McpUpstream, RateLimitService, Redis, RlsClock};
-use serde_json::Value;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::google::protobuf::UInt64Value;
+use serde_json::{json, Value};
 
 /// Limits of a second domain, for what the shipped file does not use:
 /// nested keys, a value that overrides a value-less key, `unlimited`,
@@ -337,4 +349,244 @@ fn dev_rls_and_envoyproxy_ratelimit_answer_alike() {
         all.contains("| alice get_weather #3 (unlimited) | 200 |"),
         "{all}"
     );
+}
+
+/// One rate-limit request: a domain and its descriptors, each entries and
+/// an optional per-descriptor `hits_addend`.
+type Ask = (
+    &'static str,
+    Vec<(Vec<(&'static str, &'static str)>, Option<u64>)>,
+);
+
+fn asks() -> Vec<Ask> {
+    let d = |entries: &[(&'static str, &'static str)], hits: Option<u64>| (entries.to_vec(), hits);
+    let sd = [("tool", "search_docs")];
+    vec![
+        ("mcp", vec![d(&sd, None)]),
+        ("mcp", vec![d(&sd, Some(2))]),
+        ("mcp", vec![d(&sd, None)]),
+        (
+            "mcp",
+            vec![d(&[("tool", "get_weather")], Some(5)), d(&sd, Some(0))],
+        ),
+        (
+            "mcp",
+            vec![
+                d(&[("tool", "get_weather")], None),
+                d(&[("tool", "other")], None),
+            ],
+        ),
+        ("mcp", vec![d(&[("nothing", "here")], None)]),
+        ("mcp", vec![d(&[("tool", "get_weather")], Some(60))]),
+        (
+            "mcp_users",
+            vec![d(&[("user", "alice"), ("tool", "search_docs")], None)],
+        ),
+        (
+            "mcp_users",
+            vec![d(&[("user", "alice"), ("tool", "get_weather")], Some(9))],
+        ),
+        (
+            "mcp_users",
+            vec![d(&[("user", "vip"), ("tool", "search_docs")], Some(4))],
+        ),
+        (
+            "mcp_users",
+            vec![d(&[("user", "vip"), ("tool", "search_docs")], None)],
+        ),
+        (
+            "mcp_users",
+            vec![
+                d(&[("tenant", "team_a")], Some(3)),
+                d(&[("tenant", "team_b")], None),
+            ],
+        ),
+        ("mcp_users", vec![d(&[("tenant", "team_a")], None)]),
+        ("mcp_users", vec![d(&[("tenant", "shadow")], Some(2))]),
+        ("mcp_users", vec![d(&[("user", "bob")], None)]),
+    ]
+}
+
+/// A status as one line: code, limit, remaining, and the reset as
+/// `<reset>` when it is what is left of the limit's window.
+fn status_line(
+    code: &str,
+    limit: Option<(u64, &str)>,
+    remaining: u64,
+    reset: Option<u64>,
+    left: &dyn Fn(u64) -> bool,
+) -> String {
+    let limit = limit.map_or("-".to_owned(), |(n, unit)| format!("{n}/{unit}"));
+    let reset = match reset {
+        None => "-".to_owned(),
+        Some(r) if left(r) => "<reset>".to_owned(),
+        Some(r) => r.to_string(),
+    };
+    format!("{code} {limit} remaining {remaining} reset {reset}")
+}
+
+fn unit_secs(unit: &str) -> u64 {
+    match unit {
+        "SECOND" => 1,
+        "MINUTE" => 60,
+        "HOUR" => 3600,
+        _ => 86_400,
+    }
+}
+
+#[test]
+fn the_services_own_answers_agree() {
+    let limits = shipped("ratelimit.yaml").unwrap();
+    let config = RateLimitConfig::from_sources(
+        &[
+            ConfigSource::new("limits-0.yaml", &limits),
+            ConfigSource::new("limits-1.yaml", USERS),
+        ],
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let dev = dev_rls::DevRls::new(config).unwrap();
+    let redis = Redis::start().unwrap();
+    let real = RateLimitService::start(redis.port(), &[&limits, USERS]).unwrap();
+    window_with(60, Duration::from_secs(15));
+    let mut lines = Vec::new();
+    for (i, (domain, descriptors)) in asks().into_iter().enumerate() {
+        let t0 = unix_now();
+        let request = RateLimitRequest {
+            domain: domain.to_owned(),
+            descriptors: descriptors
+                .iter()
+                .map(|(entries, hits)| RateLimitDescriptor {
+                    entries: entries
+                        .iter()
+                        .map(|(k, v)| Entry {
+                            key: (*k).to_owned(),
+                            value: (*v).to_owned(),
+                        })
+                        .collect(),
+                    hits_addend: hits.map(|value| UInt64Value { value }),
+                    ..Default::default()
+                })
+                .collect(),
+            hits_addend: 0,
+        };
+        let dev_answer = dev.should_rate_limit(&request).unwrap();
+        let json_request = json!({
+            "domain": domain,
+            "descriptors": descriptors.iter().map(|(entries, hits)| {
+                let mut d = json!({"entries": entries.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>()});
+                if let Some(h) = hits {
+                    d["hitsAddend"] = json!(h);
+                }
+                d
+            }).collect::<Vec<_>>(),
+        });
+        let real_answer = real.json(&json_request).unwrap();
+        let t1 = unix_now();
+        // The reset of a window of `unit` seconds, between t0 and t1.
+        let in_window = |unit: u64| {
+            move |r: u64| {
+                let left = |t: f64| unit - (t.floor() as u64) % unit;
+                (left(t1)..=left(t0)).contains(&r)
+            }
+        };
+        let dev_code = |c: i32| {
+            Code::try_from(c)
+                .map(|c| c.as_str_name().to_owned())
+                .unwrap_or_default()
+        };
+        let dev_line: Vec<String> = std::iter::once(dev_code(dev_answer.overall_code))
+            .chain(dev_answer.statuses.iter().map(|s| {
+                let limit = s.current_limit.as_ref().map(|l| {
+                    let unit = Unit::try_from(l.unit)
+                        .map(|u| u.as_str_name())
+                        .unwrap_or("?");
+                    (u64::from(l.requests_per_unit), unit)
+                });
+                let unit = limit.map_or(60, |(_, u)| unit_secs(u));
+                let reset = s.duration_until_reset.as_ref().map(|d| {
+                    let secs = u64::try_from(d.seconds).unwrap_or_default();
+                    if d.nanos > 0 {
+                        secs + 1
+                    } else {
+                        secs
+                    }
+                });
+                status_line(
+                    &dev_code(s.code),
+                    limit,
+                    u64::from(s.limit_remaining),
+                    reset,
+                    &in_window(unit),
+                )
+            }))
+            .collect();
+        let real_line: Vec<String> = std::iter::once(
+            real_answer["overallCode"]
+                .as_str()
+                .unwrap_or("UNKNOWN")
+                .to_owned(),
+        )
+        .chain(
+            real_answer["statuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|s| {
+                    let limit = s.get("currentLimit").map(|l| {
+                        (
+                            l["requestsPerUnit"].as_u64().unwrap_or(0),
+                            l["unit"].as_str().unwrap_or("UNKNOWN"),
+                        )
+                    });
+                    let unit = limit.map_or(60, |(_, u)| unit_secs(u));
+                    let reset = s
+                        .get("durationUntilReset")
+                        .and_then(Value::as_str)
+                        .map(|d| {
+                            d.trim_end_matches('s')
+                                .parse::<f64>()
+                                .map(|f| f.ceil() as u64)
+                                .unwrap_or(u64::MAX)
+                        });
+                    let remaining = s.get("limitRemaining").and_then(Value::as_u64).unwrap_or(0);
+                    status_line(
+                        s["code"].as_str().unwrap_or("OK"),
+                        limit,
+                        remaining,
+                        reset,
+                        &in_window(unit),
+                    )
+                }),
+        )
+        .collect();
+        lines.push((i, domain, dev_line, real_line));
+    }
+    drop(real);
+    let mut table =
+        String::from("| # | domain | dev-rls | envoyproxy/ratelimit |\n|---|---|---|---|\n");
+    for (i, domain, d, r) in &lines {
+        writeln!(
+            table,
+            "| {i} | {domain} | {} | {} |",
+            d.join("; "),
+            r.join("; ")
+        )
+        .unwrap();
+    }
+    println!("{table}");
+    let differences: Vec<String> = lines
+        .iter()
+        .filter(|(_, _, d, r)| d != r)
+        .map(|(i, _, d, r)| format!("#{i}: dev-rls {d:?}\n     envoyproxy/ratelimit {r:?}"))
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "the services differ:\n{}\n{table}",
+        differences.join("\n")
+    );
+    // The sequence reaches what it is meant to.
+    assert!(table.contains("OVER_LIMIT 3/MINUTE remaining 0"), "{table}");
+    assert!(table.contains("OK 60/MINUTE remaining 59"), "{table}");
 }
