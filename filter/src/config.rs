@@ -45,7 +45,15 @@ pub struct Config {
     pub argument_keys: Vec<String>,
     /// The MCP headers that must not be repeated (lowercase).
     pub mcp_header_names: Vec<String>,
-    pub descriptors: Vec<Vec<Entry>>,
+    pub descriptors: Vec<Descriptor>,
+    /// Hits a call of each listed tool spends (`tool_costs`), sorted by name.
+    pub tool_costs: Vec<(String, u64)>,
+    /// Hits any other call spends (`default_cost`).
+    pub default_cost: u64,
+    /// The tool names sent as they are (`tools`), sorted; `None`: every name.
+    pub tools: Option<Vec<String>>,
+    /// What becomes of a tool outside `tools`.
+    pub unknown_tools: UnknownTools,
     pub over_limit: Reply,
     pub rls_failure: Reply,
     /// Header names that some descriptor reads (lowercase).
@@ -54,11 +62,51 @@ pub struct Config {
     pub encoded_domain: Vec<u8>,
 }
 
+/// A descriptor to send: its entries and how it is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    /// Reported in logs and counters (`descriptors[i]` unless named).
+    pub name: String,
+    pub entries: Vec<Entry>,
+    /// What a request gets when a header or metadata source of an entry
+    /// without a default is absent.
+    pub on_missing: OnMissing,
+    /// Asked and counted, but an OVER_LIMIT on it does not deny.
+    pub shadow: bool,
+    /// Sends the calls' cost as hits (else one hit per call).
+    pub cost: bool,
+}
+
+/// What a descriptor does when an identity source is absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissing {
+    /// The descriptor is not sent (Envoy's own behaviour).
+    Skip,
+    /// The request is refused.
+    Refuse,
+}
+
+/// What a resolved tool outside `tools` becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownTools {
+    /// Sent as [`OTHER_TOOL`]: one shared bucket.
+    Other,
+    /// Refused with a JSON-RPC error.
+    Refuse,
+}
+
+/// The value a tool outside `tools` is sent as.
+pub const OTHER_TOOL: &str = "_other";
+
 /// One entry of a descriptor: a key and where its value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub key: String,
     pub source: Source,
+    /// Used when a header or metadata source is absent.
+    pub default: Option<String>,
 }
 
 /// Where a descriptor entry's value comes from.
@@ -75,6 +123,20 @@ pub enum Source {
         namespace: String,
         path: Vec<String>,
     },
+}
+
+impl Source {
+    /// A value of the request around the MCP message (a header or
+    /// metadata), which may be absent whatever the message: an identity.
+    /// The other MCP fields are absent only where they do not apply.
+    pub fn is_of_request(&self) -> bool {
+        matches!(
+            self,
+            Source::Header(_)
+                | Source::Metadata { .. }
+                | Source::Mcp(McpField::SessionId | McpField::ProtocolVersion)
+        )
+    }
 }
 
 /// The MCP request fields a descriptor can use.
@@ -145,7 +207,17 @@ struct RawConfig {
     #[serde(default, deserialize_with = "de_param_headers")]
     param_headers: Vec<RawParamHeader>,
     #[serde(default, deserialize_with = "de_descriptors")]
-    descriptors: Option<Vec<Vec<RawEntry>>>,
+    descriptors: Option<Vec<RawDescriptor>>,
+    #[serde(default, deserialize_with = "de_shadow")]
+    shadow: bool,
+    #[serde(default, deserialize_with = "de_tool_costs")]
+    tool_costs: ToolCosts,
+    #[serde(default = "default_cost", deserialize_with = "de_default_cost")]
+    default_cost: u64,
+    #[serde(default, deserialize_with = "de_tools")]
+    tools: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_unknown_tools")]
+    unknown_tools: Option<UnknownTools>,
     #[serde(default, deserialize_with = "de_over_limit")]
     over_limit: RawReply,
     #[serde(default, deserialize_with = "de_rls_failure")]
@@ -176,7 +248,15 @@ named! {
     de_validate_mcp_headers: bool = "validate_mcp_headers";
     de_header_fast_path: bool = "header_fast_path";
     de_param_headers: Vec<RawParamHeader> = "param_headers";
-    de_descriptors: Option<Vec<Vec<RawEntry>>> = "descriptors";
+    de_descriptors: Option<Vec<RawDescriptor>> = "descriptors";
+    de_shadow: bool = "shadow";
+    de_tool_costs: ToolCosts = "tool_costs";
+    de_default_cost: u64 = "default_cost";
+    de_tools: Option<Vec<String>> = "tools";
+    de_unknown_tools: Option<UnknownTools> = "unknown_tools";
+    de_on_missing: Option<OnMissing> = "on_missing";
+    de_descriptor_shadow: Option<bool> = "shadow";
+    de_descriptor_cost: Option<bool> = "cost";
     de_over_limit: RawReply = "over_limit";
     de_rls_failure: RawReply = "rls_failure";
 }
@@ -189,6 +269,9 @@ fn default_true() -> bool {
 }
 fn default_max_body() -> usize {
     DEFAULT_MAX_BODY_BYTES
+}
+fn default_cost() -> u64 {
+    1
 }
 fn default_meta_tools() -> Vec<String> {
     vec!["call_tool".to_owned()]
@@ -205,6 +288,55 @@ struct RawParamHeader {
 /// Most `Mcp-Param-*` mappings accepted.
 const MAX_PARAM_HEADERS: usize = 32;
 
+/// The largest cost a call may have.
+pub const MAX_COST: u64 = 1_000_000;
+/// Most names in `tools` or `tool_costs`.
+const MAX_TOOLS: usize = 4096;
+
+/// `tool_costs` as given: a JSON object of tool names and costs, in order.
+#[derive(Default)]
+struct ToolCosts(Vec<(String, u64)>);
+
+impl<'de> Deserialize<'de> for ToolCosts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Costs;
+        impl<'de> serde::de::Visitor<'de> for Costs {
+            type Value = ToolCosts;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of tool names and costs")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ToolCosts, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, u64>()? {
+                    out.push(entry);
+                }
+                Ok(ToolCosts(out))
+            }
+        }
+        d.deserialize_map(Costs)
+    }
+}
+
+/// A descriptor as configured: a list of entries, or an object; read in
+/// [`descriptors`], each element on its own.
+type RawDescriptor = Box<serde_json::value::RawValue>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDescriptorObject {
+    name: Option<String>,
+    entries: Vec<RawEntry>,
+    #[serde(default, deserialize_with = "de_on_missing")]
+    on_missing: Option<OnMissing>,
+    #[serde(default, deserialize_with = "de_descriptor_shadow")]
+    shadow: Option<bool>,
+    #[serde(default, deserialize_with = "de_descriptor_cost")]
+    cost: Option<bool>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEntry {
@@ -213,6 +345,7 @@ struct RawEntry {
     mcp: Option<McpField>,
     header: Option<String>,
     metadata: Option<RawMetadata>,
+    default: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -237,7 +370,19 @@ impl Config {
             serde_json::from_slice(bytes).map_err(|e| ConfigError(e.to_string()))?;
         raw.check_bounds()?;
         let param_headers = param_headers(raw.param_headers)?;
-        let descriptors = descriptors(raw.descriptors)?;
+        let descriptors = descriptors(raw.descriptors, raw.shadow)?;
+        let tool_costs = tool_costs(raw.tool_costs)?;
+        let tools = tools(raw.tools, raw.unknown_tools)?;
+        if let Some(list) = &tools {
+            if let Some((name, _)) = tool_costs
+                .iter()
+                .find(|(t, _)| list.binary_search(t).is_err())
+            {
+                return Err(ConfigError(format!(
+                    "`tool_costs` names {name}, which `tools` does not list"
+                )));
+            }
+        }
         let argument_keys = param_headers.iter().map(|p| p.argument.clone()).collect();
         let mcp_header_names = [PROTOCOL_VERSION, METHOD, NAME]
             .into_iter()
@@ -245,7 +390,7 @@ impl Config {
             .chain(param_headers.iter().map(|p| p.header.clone()))
             .collect();
         let mut headers_used: Vec<String> = Vec::new();
-        for e in descriptors.iter().flatten() {
+        for e in descriptors.iter().flat_map(|d| &d.entries) {
             if let Source::Header(h) = &e.source {
                 if !headers_used.contains(h) {
                     headers_used.push(h.clone());
@@ -275,6 +420,10 @@ impl Config {
             argument_keys,
             mcp_header_names,
             descriptors,
+            tool_costs,
+            default_cost: raw.default_cost,
+            tools,
+            unknown_tools: raw.unknown_tools.unwrap_or(UnknownTools::Other),
             over_limit,
             rls_failure,
             headers_used,
@@ -316,6 +465,11 @@ impl RawConfig {
         }
         if self.header_fast_path && !self.validate_mcp_headers {
             return err("`header_fast_path` needs `validate_mcp_headers` (requests that fall back to the body must still be checked)");
+        }
+        if self.default_cost == 0 || self.default_cost > MAX_COST {
+            return Err(ConfigError(format!(
+                "`default_cost` must be between 1 and {MAX_COST}"
+            )));
         }
         if self.header_fast_path && !self.hold_headers {
             return err("`header_fast_path` needs `hold_headers` (a buffer filter after this one miscounts a chunked body that the filter resumes before its end)");
@@ -360,36 +514,173 @@ fn param_headers(raw: Vec<RawParamHeader>) -> Result<Vec<ParamHeader>, ConfigErr
 }
 
 /// `descriptors`: the per-tool default when absent; otherwise a non-empty
-/// list of non-empty descriptors of valid entries.
-fn descriptors(raw: Option<Vec<Vec<RawEntry>>>) -> Result<Vec<Vec<Entry>>, ConfigError> {
+/// list of descriptors, each a non-empty list of valid entries or an object
+/// with a unique name. `shadow` (top level) makes every descriptor shadow.
+fn descriptors(
+    raw: Option<Vec<RawDescriptor>>,
+    shadow: bool,
+) -> Result<Vec<Descriptor>, ConfigError> {
     let Some(list) = raw else {
-        return Ok(vec![vec![Entry {
-            key: "tool".to_owned(),
-            source: Source::Mcp(McpField::Tool),
-        }]]);
+        return Ok(vec![Descriptor {
+            name: "descriptors[0]".to_owned(),
+            entries: vec![Entry {
+                key: "tool".to_owned(),
+                source: Source::Mcp(McpField::Tool),
+                default: None,
+            }],
+            on_missing: OnMissing::Skip,
+            shadow,
+            cost: true,
+        }]);
     };
     if list.is_empty() {
         return Err(ConfigError(
             "`descriptors` must not be empty (omit it for the per-tool default)".to_owned(),
         ));
     }
-    let mut out = Vec::with_capacity(list.len());
+    let mut out: Vec<Descriptor> = Vec::with_capacity(list.len());
     for (i, d) in list.into_iter().enumerate() {
-        if d.is_empty() {
+        let text = d.get().as_bytes();
+        let wrap = |e: serde_json::Error| ConfigError(format!("`descriptors[{i}]`: {e}"));
+        let (name, raw_entries, on_missing, own_shadow, cost) = match text.first() {
+            Some(b'[') => (
+                None,
+                serde_json::from_slice(text).map_err(wrap)?,
+                None,
+                None,
+                None,
+            ),
+            Some(b'{') => {
+                let o: RawDescriptorObject = serde_json::from_slice(text).map_err(wrap)?;
+                (o.name, o.entries, o.on_missing, o.shadow, o.cost)
+            }
+            _ => {
+                return Err(ConfigError(format!(
+                    "`descriptors[{i}]` must be a list of entries or a descriptor object"
+                )))
+            }
+        };
+        if raw_entries.is_empty() {
             return Err(ConfigError(format!(
                 "`descriptors[{i}]` must have at least one entry"
             )));
         }
-        let mut entries = Vec::with_capacity(d.len());
-        for (j, e) in d.into_iter().enumerate() {
+        let name = match name {
+            Some(n) if n.is_empty() || n.chars().any(char::is_control) => {
+                return Err(ConfigError(format!(
+                    "`descriptors[{i}].name` must be non-empty printable text"
+                )))
+            }
+            Some(n) => n,
+            None => format!("descriptors[{i}]"),
+        };
+        if out.iter().any(|o| o.name == name) {
+            return Err(ConfigError(format!(
+                "`descriptors[{i}].name` {name:?} is used twice"
+            )));
+        }
+        let mut entries = Vec::with_capacity(raw_entries.len());
+        for (j, e) in raw_entries.into_iter().enumerate() {
             entries.push(e.validate(i, j)?);
         }
-        out.push(entries);
+        out.push(Descriptor {
+            name,
+            entries,
+            on_missing: on_missing.unwrap_or(OnMissing::Skip),
+            shadow: shadow || own_shadow.unwrap_or(false),
+            cost: cost.unwrap_or(true),
+        });
     }
     Ok(out)
 }
 
+/// `tool_costs`: distinct non-empty names, costs from 1 to [`MAX_COST`];
+/// sorted by name.
+fn tool_costs(ToolCosts(mut raw): ToolCosts) -> Result<Vec<(String, u64)>, ConfigError> {
+    if raw.len() > MAX_TOOLS {
+        return Err(ConfigError(format!(
+            "`tool_costs` may name at most {MAX_TOOLS} tools"
+        )));
+    }
+    for (name, cost) in &raw {
+        if name.is_empty() {
+            return Err(ConfigError(
+                "`tool_costs` must not name an empty tool".to_owned(),
+            ));
+        }
+        if *cost == 0 || *cost > MAX_COST {
+            return Err(ConfigError(format!(
+                "`tool_costs.{name}` must be between 1 and {MAX_COST}"
+            )));
+        }
+    }
+    raw.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = raw
+        .windows(2)
+        .find(|w| w.first().map(|x| &x.0) == w.get(1).map(|x| &x.0))
+    {
+        return Err(ConfigError(format!(
+            "`tool_costs` names {} twice",
+            w.first().map(|x| x.0.as_str()).unwrap_or_default()
+        )));
+    }
+    Ok(raw)
+}
+
+/// `tools` and `unknown_tools`: a list of distinct non-empty names, and a
+/// policy only together with one.
+fn tools(
+    raw: Option<Vec<String>>,
+    unknown: Option<UnknownTools>,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(mut list) = raw else {
+        if unknown.is_some() {
+            return Err(ConfigError(
+                "`unknown_tools` needs `tools`, the list of known tools".to_owned(),
+            ));
+        }
+        return Ok(None);
+    };
+    if list.is_empty() || list.len() > MAX_TOOLS {
+        return Err(ConfigError(format!(
+            "`tools` must list 1 to {MAX_TOOLS} tools"
+        )));
+    }
+    if list.iter().any(|t| t.is_empty() || t == OTHER_TOOL) {
+        return Err(ConfigError(format!(
+            "`tools` must not contain an empty name or {OTHER_TOOL}"
+        )));
+    }
+    list.sort_unstable();
+    if let Some(w) = list.windows(2).find(|w| w.first() == w.get(1)) {
+        return Err(ConfigError(format!(
+            "`tools` lists {} twice",
+            w.first().map(String::as_str).unwrap_or_default()
+        )));
+    }
+    Ok(Some(list))
+}
+
 impl Config {
+    /// The hits a call of `tool` spends (`None`: not a tool call).
+    pub fn cost(&self, tool: Option<&str>) -> u64 {
+        tool.and_then(|t| {
+            self.tool_costs
+                .binary_search_by(|(name, _)| name.as_str().cmp(t))
+                .ok()
+                .and_then(|i| self.tool_costs.get(i))
+                .map(|(_, c)| *c)
+        })
+        .unwrap_or(self.default_cost)
+    }
+
+    /// Whether `tool` may be sent by its own name under `tools`.
+    pub fn tool_known(&self, tool: &str) -> bool {
+        self.tools
+            .as_ref()
+            .is_none_or(|list| list.binary_search_by(|t| t.as_str().cmp(tool)).is_ok())
+    }
+
     /// What the body parser needs.
     pub fn spec(&self) -> crate::jsonrpc::Spec<'_> {
         crate::jsonrpc::Spec {
@@ -459,9 +750,21 @@ impl RawEntry {
         } else {
             return Err(ConfigError(format!("`{at}` has no value source")));
         };
+        let default = match self.default {
+            Some(_) if !source.is_of_request() => {
+                return Err(ConfigError(format!(
+                    "`{at}.default` applies to `header`, `metadata`, `session_id` and `protocol_version` sources only"
+                )))
+            }
+            Some(d) if d.is_empty() => {
+                return Err(ConfigError(format!("`{at}.default` must not be empty")))
+            }
+            other => other,
+        };
         Ok(Entry {
             key: self.key,
             source,
+            default,
         })
     }
 }
@@ -532,11 +835,20 @@ mod tests {
         assert_eq!(c.meta_tools, vec!["call_tool"]);
         assert_eq!(
             c.descriptors,
-            vec![vec![Entry {
-                key: "tool".into(),
-                source: Source::Mcp(McpField::Tool)
-            }]]
+            vec![Descriptor {
+                name: "descriptors[0]".into(),
+                entries: vec![Entry {
+                    key: "tool".into(),
+                    source: Source::Mcp(McpField::Tool),
+                    default: None,
+                }],
+                on_missing: OnMissing::Skip,
+                shadow: false,
+                cost: true,
+            }]
         );
+        assert_eq!((c.default_cost, c.cost(Some("any"))), (1, 1));
+        assert!(c.tools.is_none() && c.tool_known("anything"));
         assert_eq!(c.over_limit.http_status, 429);
         assert_eq!(c.over_limit.code, 429);
         assert_eq!(c.over_limit.message_json, "\"Rate limit exceeded\"");
@@ -562,10 +874,13 @@ mod tests {
         assert!(c.failure_mode_deny);
         assert!(!c.hold_headers);
         assert_eq!(c.descriptors.len(), 3);
-        assert_eq!(c.descriptors[0][0].source, Source::Header("x-user".into()));
+        assert_eq!(
+            c.descriptors[0].entries[0].source,
+            Source::Header("x-user".into())
+        );
         assert_eq!(c.headers_used, vec!["x-user"]);
         assert_eq!(
-            c.descriptors[2][0].source,
+            c.descriptors[2].entries[0].source,
             Source::Metadata {
                 namespace: "envoy.filters.http.jwt_authn".into(),
                 path: vec!["payload".into(), "sub".into()]
@@ -707,9 +1022,12 @@ mod tests {
         assert_eq!(c.argument_keys, vec!["tool_name", "tenant"]);
         assert_eq!(c.inner_tool_header("call_tool"), Some(0));
         assert_eq!(c.inner_tool_header("query"), None);
-        assert_eq!(c.descriptors[0][0].source, Source::Mcp(McpField::SessionId));
         assert_eq!(
-            c.descriptors[1][0].source,
+            c.descriptors[0].entries[0].source,
+            Source::Mcp(McpField::SessionId)
+        );
+        assert_eq!(
+            c.descriptors[1].entries[0].source,
             Source::Mcp(McpField::ProtocolVersion)
         );
         // The fast path resumes requests before their body ends: only

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::rc::Rc;
 
-use crate::config::{Config, McpField, Source};
+use crate::config::{Config, McpField, OnMissing, Source, UnknownTools, OTHER_TOOL};
 use crate::jsonrpc::{self, Body, ParseError, Target};
 use crate::mcp_headers::{self, McpHeaders};
 use crate::reply::{self, Ids, LocalReply};
@@ -46,11 +46,18 @@ pub enum Counter {
     HeaderMismatch,
     /// Requests judged by their MCP 2026-07-28 headers alone.
     FastPath,
+    /// Requests refused because a descriptor with `on_missing: refuse`
+    /// lacked a source.
+    MissingSource,
+    /// Requests refused for a tool outside `tools` (`unknown_tools: refuse`).
+    UnknownTool,
+    /// OVER_LIMIT answers for shadow descriptors, which did not deny.
+    ShadowOverLimit,
 }
 
 impl Counter {
     /// Every counter, in a fixed order (their index in [`Counter::ALL`]).
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 13] = [
         Counter::Inspected,
         Counter::Checked,
         Counter::Ok,
@@ -61,6 +68,9 @@ impl Counter {
         Counter::ParseError,
         Counter::HeaderMismatch,
         Counter::FastPath,
+        Counter::MissingSource,
+        Counter::UnknownTool,
+        Counter::ShadowOverLimit,
     ];
 
     /// The stat name.
@@ -76,6 +86,9 @@ impl Counter {
             Counter::ParseError => "mcp_ratelimit.parse_error",
             Counter::HeaderMismatch => "mcp_ratelimit.header_mismatch",
             Counter::FastPath => "mcp_ratelimit.fast_path",
+            Counter::MissingSource => "mcp_ratelimit.missing_source",
+            Counter::UnknownTool => "mcp_ratelimit.unknown_tool",
+            Counter::ShadowOverLimit => "mcp_ratelimit.shadow_over_limit",
         }
     }
 }
@@ -120,17 +133,30 @@ enum State {
     Sniffing { scanned: usize },
     /// Waiting for the end of the body.
     Buffering,
-    /// Descriptors sent; waiting for the token. `ids` is `None` on the
-    /// header fast path, where the body has not been read.
-    Dispatching { ids: Option<Ids> },
+    /// Descriptors sent; waiting for the token.
+    Dispatching { call: Call },
     /// Waiting for the service's reply to `token`.
-    AwaitingRls { token: u32, ids: Option<Ids> },
+    AwaitingRls { token: u32, call: Call },
     /// Denied on the fast path: waiting for the body, to answer with its id.
     Denying { reply: Pending },
     /// Let through; headers to add to the response.
     Allowed { response_headers: Headers },
     /// Answered locally.
     Responded,
+}
+
+/// What a request asked the service.
+#[derive(Debug, PartialEq, Eq)]
+struct Call {
+    /// The ids to answer a denial with; `None` on the header fast path,
+    /// where the body has not been read.
+    ids: Option<Ids>,
+    /// When a shadow descriptor was sent: for each descriptor sent, the
+    /// configured one it comes from. Empty otherwise.
+    sent: Vec<usize>,
+    /// When a shadow descriptor was sent: what the request targets, for the
+    /// log.
+    target: Option<String>,
 }
 
 /// A denial decided before the request's ids are known.
@@ -243,7 +269,7 @@ impl Flow {
     pub fn on_dispatched(&mut self, token: u32, host: &impl Host) {
         host.count(Counter::Checked);
         self.transition(|_, state| match state {
-            State::Dispatching { ids } => (State::AwaitingRls { token, ids }, Step::Pause),
+            State::Dispatching { call } => (State::AwaitingRls { token, call }, Step::Pause),
             other => (other, Step::Pause),
         });
     }
@@ -252,7 +278,7 @@ impl Flow {
     pub fn on_dispatch_failed(&mut self, host: &impl Host) -> Step {
         host.count(Counter::Checked);
         self.transition(|req, state| match state {
-            State::Dispatching { ids } => req.failed(ids, host),
+            State::Dispatching { call } => req.failed(call.ids, host),
             other => (other, Step::Pause),
         })
     }
@@ -266,13 +292,18 @@ impl Flow {
         host: &impl Host,
     ) -> Step {
         self.transition(|req, state| match state {
-            State::AwaitingRls { token: t, ids } if t == token => {
+            State::AwaitingRls { token: t, call } if t == token => {
                 let verdict = if grpc_status != 0 {
                     Err(RlsError::Grpc(grpc_status))
                 } else {
-                    rls::decode_response(body.unwrap_or(&[]))
+                    let shadow: Vec<bool> = call
+                        .sent
+                        .iter()
+                        .map(|i| req.cfg.descriptors.get(*i).is_some_and(|d| d.shadow))
+                        .collect();
+                    rls::decode_response(body.unwrap_or(&[]), &shadow)
                 };
-                req.verdict(verdict, ids, host)
+                req.verdict(verdict, call, host)
             }
             // Not the call we wait for: ignore it.
             other => (other, Step::Pause),
@@ -441,19 +472,14 @@ impl Req {
             "resources/read" => Some(Target::Resource(name.clone()?)),
             _ => None,
         };
-        host.count(Counter::FastPath);
         let body = Body::Single(jsonrpc::Request::from_headers(method, name, target));
-        Some(
-            match encode_descriptors(&self.cfg, &body, &self.mcp, host) {
-                None => (
-                    State::Allowed {
-                        response_headers: Vec::new(),
-                    },
-                    Step::go(),
-                ),
-                Some(payload) => (State::Dispatching { ids: None }, Step::Dispatch(payload)),
-            },
-        )
+        let plan = plan(&self.cfg, &body, &self.mcp, host);
+        if matches!(plan, Plan::Refuse(..)) {
+            // Refused with the request's id: read from the body.
+            return None;
+        }
+        host.count(Counter::FastPath);
+        Some(self.follow(plan, None, host))
     }
 
     // -- Body ---------------------------------------------------------------
@@ -561,16 +587,31 @@ impl Req {
                 return self.refuse(host, Counter::ParseError, reply);
             }
         }
-        match encode_descriptors(&self.cfg, &parsed, &self.mcp, host) {
-            None => (
+        let plan = plan(&self.cfg, &parsed, &self.mcp, host);
+        self.follow(plan, Some(&parsed), host)
+    }
+
+    /// Carries out a plan: `body` is `None` on the header fast path.
+    fn follow(&mut self, plan: Plan, body: Option<&Body<'_>>, host: &impl Host) -> Next {
+        match plan {
+            Plan::Pass => (
                 State::Allowed {
                     response_headers: Vec::new(),
                 },
                 Step::go(),
             ),
-            Some(payload) => (
+            Plan::Refuse(counter, reply) => self.refuse(host, counter, reply),
+            Plan::Call {
+                payload,
+                sent,
+                target,
+            } => (
                 State::Dispatching {
-                    ids: Some(ids_of(&parsed)),
+                    call: Call {
+                        ids: body.map(ids_of),
+                        sent,
+                        target,
+                    },
                 },
                 Step::Dispatch(payload),
             ),
@@ -582,13 +623,31 @@ impl Req {
     fn verdict(
         &mut self,
         verdict: Result<Verdict, RlsError>,
-        ids: Option<Ids>,
+        call: Call,
         host: &impl Host,
     ) -> Next {
+        if let Ok(Verdict::Ok { shadow_over, .. } | Verdict::OverLimit { shadow_over, .. }) =
+            &verdict
+        {
+            for i in shadow_over {
+                host.count(Counter::ShadowOverLimit);
+                let name = call
+                    .sent
+                    .get(*i)
+                    .and_then(|d| self.cfg.descriptors.get(*d))
+                    .map_or("?", |d| d.name.as_str());
+                log::info!(
+                    "mcp-ratelimit: shadow limit exceeded: descriptor {name}, target {}",
+                    call.target.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        let ids = call.ids;
         match verdict {
             Ok(Verdict::Ok {
                 request_headers,
                 response_headers,
+                ..
             }) => {
                 host.count(Counter::Ok);
                 (
@@ -599,6 +658,7 @@ impl Req {
             Ok(Verdict::OverLimit {
                 retry_after,
                 response_headers,
+                ..
             }) => {
                 host.count(Counter::OverLimit);
                 let pending = Pending::OverLimit {
@@ -731,75 +791,184 @@ fn is_fetched(source: &Source) -> bool {
     )
 }
 
-/// An entry's value for one message, borrowed from the configuration, the
-/// body, the MCP headers or the values fetched so far; `None` when absent
+/// The value of a header or metadata entry (see [`Source::is_of_request`]),
+/// borrowed from the MCP headers or the values fetched; `None` when absent
 /// (or not fetched).
 fn entry_value<'a>(
     source: &'a Source,
-    req: &'a jsonrpc::Request<'a>,
     mcp: &'a McpHeaders,
     fetched: &'a Fetched<'_>,
 ) -> Option<Cow<'a, str>> {
     match source {
-        Source::Literal(v) => Some(Cow::Borrowed(v.as_str())),
         Source::Mcp(McpField::ProtocolVersion) => {
             mcp.protocol_version.as_deref().map(String::from_utf8_lossy)
         }
-        Source::Mcp(McpField::SessionId) | Source::Header(_) | Source::Metadata { .. } => fetched
+        _ => fetched
             .iter()
             .find(|(s, _)| *s == source)
             .and_then(|(_, v)| v.as_deref())
             .map(Cow::Borrowed),
-        Source::Mcp(field) => mcp_value(*field, req),
     }
 }
 
-/// The `RateLimitRequest` for a body, or `None` when no descriptor applies.
+/// What a request needs from the rate-limit service.
+enum Plan {
+    /// No descriptor applies: the request goes on.
+    Pass,
+    /// Refused before any call.
+    Refuse(Counter, LocalReply),
+    /// The `RateLimitRequest` to send, and for the shadow bookkeeping (only
+    /// when a shadow descriptor is sent) where each descriptor comes from
+    /// and what the request targets.
+    Call {
+        payload: Vec<u8>,
+        sent: Vec<usize>,
+        target: Option<String>,
+    },
+}
+
+/// A message's tool as sent: its name, or [`OTHER_TOOL`] outside `tools`.
+fn tool_value<'a>(cfg: &'a Config, req: &'a jsonrpc::Request<'a>) -> Option<Cow<'a, str>> {
+    match &req.target {
+        Some(Target::Tool(t)) if cfg.tool_known(t.as_ref()) => Some(Cow::Borrowed(t.as_ref())),
+        Some(Target::Tool(_)) => Some(Cow::Borrowed(OTHER_TOOL)),
+        _ => None,
+    }
+}
+
+/// The id a refusal of `body` answers: a single request's, else none.
+fn refusal_id<'a>(body: &'a Body<'a>) -> Option<&'a str> {
+    match body {
+        Body::Single(r) => r.id.map(|i| i.get()),
+        Body::Batch(_) => None,
+    }
+}
+
+/// What a body asks of the rate-limit service.
 ///
-/// Each configured descriptor whose sources are all present gives one
-/// descriptor per message; identical ones are merged into one with their
-/// hits added up. Header and metadata values are fetched from the host once
-/// per request (the same for every message of a batch), only when a
-/// descriptor gets that far, and then borrowed like the body's strings.
-fn encode_descriptors(
-    cfg: &Config,
-    body: &Body<'_>,
-    mcp: &McpHeaders,
-    host: &impl Host,
-) -> Option<Vec<u8>> {
+/// Each configured descriptor whose MCP fields all apply to a message gives
+/// one descriptor per message; a header or metadata source that is absent
+/// takes the entry's `default`, else skips the descriptor or refuses the
+/// request (`on_missing`). Identical descriptors from one configured
+/// descriptor are merged into one with their hits added up: the calls'
+/// costs, or one per call with `"cost": false`. Header and metadata values
+/// are fetched from the host once per request, only for descriptors that
+/// apply, and then borrowed like the body's strings.
+fn plan(cfg: &Config, body: &Body<'_>, mcp: &McpHeaders, host: &impl Host) -> Plan {
+    // A tool outside `tools`, when such tools are refused.
+    if cfg.unknown_tools == UnknownTools::Refuse {
+        let unknown = body.requests().iter().find_map(|r| match &r.target {
+            Some(Target::Tool(t)) if !cfg.tool_known(t.as_ref()) => Some(t.as_ref()),
+            _ => None,
+        });
+        if let Some(tool) = unknown {
+            let reason = format!("unknown tool: {tool}");
+            let reply = reply::bad_request(reply::INVALID_PARAMS, refusal_id(body), &reason);
+            return Plan::Refuse(Counter::UnknownTool, reply);
+        }
+    }
     // First the values from the host, each fetched at most once...
     let mut fetched: Fetched<'_> = Vec::new();
     for req in body.requests() {
         for d in &cfg.descriptors {
-            for e in d {
+            let applies = d
+                .entries
+                .iter()
+                .all(|e| e.source.is_of_request() || mcp_entry(cfg, &e.source, req).is_some());
+            if !applies {
+                continue;
+            }
+            for e in &d.entries {
                 if is_fetched(&e.source) && !fetched.iter().any(|(s, _)| *s == &e.source) {
                     fetched.push((&e.source, fetch(&e.source, host)));
-                }
-                if entry_value(&e.source, req, mcp, &fetched).is_none() {
-                    break;
                 }
             }
         }
     }
     // ...then the descriptors, borrowing every value.
-    let mut descriptors: Vec<Descriptor<'_>> = Vec::new();
+    let mut descriptors: Vec<(usize, Descriptor<'_>)> = Vec::new();
     for req in body.requests() {
-        for d in &cfg.descriptors {
-            let entries: Option<Vec<(&str, Cow<'_, str>)>> = d
-                .iter()
-                .map(|e| Some((e.key.as_str(), entry_value(&e.source, req, mcp, &fetched)?)))
-                .collect();
-            let Some(entries) = entries else { continue };
-            match descriptors.iter_mut().find(|o| o.entries == entries) {
-                Some(existing) => existing.hits += 1,
-                None => descriptors.push(Descriptor { entries, hits: 1 }),
+        let tool = match &req.target {
+            Some(Target::Tool(t)) => Some(t.as_ref()),
+            _ => None,
+        };
+        let cost = cfg.cost(tool.filter(|t| cfg.tool_known(t)));
+        'descriptor: for (k, d) in cfg.descriptors.iter().enumerate() {
+            let mut entries = Vec::with_capacity(d.entries.len());
+            let mut missing = false;
+            for e in &d.entries {
+                let value = if e.source.is_of_request() {
+                    entry_value(&e.source, mcp, &fetched)
+                        .or_else(|| e.default.as_deref().map(Cow::Borrowed))
+                } else {
+                    match mcp_entry(cfg, &e.source, req) {
+                        Some(v) => Some(v),
+                        // Not a message this descriptor is about.
+                        None => continue 'descriptor,
+                    }
+                };
+                match value {
+                    Some(v) => entries.push((e.key.as_str(), v)),
+                    None => missing = true,
+                }
+            }
+            if missing {
+                match d.on_missing {
+                    OnMissing::Skip => continue,
+                    OnMissing::Refuse => {
+                        let reason =
+                            format!("the request lacks a value descriptor {} needs", d.name);
+                        let reply =
+                            reply::bad_request(reply::INVALID_REQUEST, refusal_id(body), &reason);
+                        return Plan::Refuse(Counter::MissingSource, reply);
+                    }
+                }
+            }
+            let hits = if d.cost { cost } else { 1 };
+            match descriptors
+                .iter_mut()
+                .find(|(o, x)| *o == k && x.entries == entries)
+            {
+                Some((_, existing)) => existing.hits = existing.hits.saturating_add(hits),
+                None => descriptors.push((k, Descriptor { entries, hits })),
             }
         }
     }
     if descriptors.is_empty() {
-        None
+        return Plan::Pass;
+    }
+    let shadowed = descriptors
+        .iter()
+        .any(|(k, _)| cfg.descriptors.get(*k).is_some_and(|d| d.shadow));
+    let (sent, target) = if shadowed {
+        let target = body.requests().iter().find_map(|r| match &r.target {
+            Some(Target::Tool(t) | Target::Prompt(t) | Target::Resource(t)) => Some(t.to_string()),
+            None => r.method.as_ref().map(|m| m.to_string()),
+        });
+        (descriptors.iter().map(|(k, _)| *k).collect(), target)
     } else {
-        Some(rls::encode_request(&cfg.encoded_domain, &descriptors))
+        (Vec::new(), None)
+    };
+    let list: Vec<Descriptor<'_>> = descriptors.into_iter().map(|(_, d)| d).collect();
+    Plan::Call {
+        payload: rls::encode_request(&cfg.encoded_domain, &list),
+        sent,
+        target,
+    }
+}
+
+/// The value of an entry whose source is the MCP message (not a header or
+/// metadata): `None` where it does not apply to this message.
+fn mcp_entry<'a>(
+    cfg: &'a Config,
+    source: &'a Source,
+    req: &'a jsonrpc::Request<'a>,
+) -> Option<Cow<'a, str>> {
+    match source {
+        Source::Mcp(McpField::Tool) => tool_value(cfg, req),
+        Source::Literal(v) => Some(Cow::Borrowed(v.as_str())),
+        Source::Mcp(field) => mcp_value(*field, req),
+        _ => None,
     }
 }
 

@@ -226,12 +226,17 @@ pub enum Verdict {
     Ok {
         request_headers: Headers,
         response_headers: Headers,
+        /// The shadow descriptors (by position) the service found over
+        /// their limit.
+        shadow_over: Vec<usize>,
     },
-    /// Over a limit: seconds until the longest over-limit window resets
-    /// (at least 1) and headers for the denial.
+    /// Over a limit: seconds until the longest over-limit window of a
+    /// descriptor that is not shadow resets (at least 1) and headers for
+    /// the denial.
     OverLimit {
         retry_after: u64,
         response_headers: Headers,
+        shadow_over: Vec<usize>,
     },
 }
 
@@ -246,20 +251,47 @@ pub enum RlsError {
     UnknownCode(i32),
 }
 
-/// Turns a reply body into a verdict.
-pub fn decode_response(bytes: &[u8]) -> Result<Verdict, RlsError> {
+/// Turns a reply body into a verdict. `shadow` says, for each descriptor
+/// sent, whether its OVER_LIMIT may not deny (empty: none is shadow). When
+/// the statuses do not line up with the descriptors sent, every OVER_LIMIT
+/// counts.
+pub fn decode_response(bytes: &[u8], shadow: &[bool]) -> Result<Verdict, RlsError> {
     use prost::Message;
     let resp = pb::RateLimitResponse::decode(bytes).map_err(|_| RlsError::Undecodable)?;
+    let aligned = !shadow.is_empty() && resp.statuses.len() == shadow.len();
+    let is_shadow = |i: usize| aligned && shadow.get(i).copied().unwrap_or(false);
+    let over = |s: &&pb::DescriptorStatus| s.code == CODE_OVER_LIMIT;
+    let shadow_over: Vec<usize> = resp
+        .statuses
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| is_shadow(*i) && over(s))
+        .map(|(i, _)| i)
+        .collect();
     match resp.overall_code {
         CODE_OK => Ok(Verdict::Ok {
             request_headers: headers(resp.request_headers_to_add),
             response_headers: headers(resp.response_headers_to_add),
+            shadow_over,
         }),
         CODE_OVER_LIMIT => {
-            let longest = resp
+            let denying: Vec<&pb::DescriptorStatus> = resp
                 .statuses
                 .iter()
-                .filter(|s| s.code == CODE_OVER_LIMIT)
+                .enumerate()
+                .filter(|(i, s)| !is_shadow(*i) && over(s))
+                .map(|(_, s)| s)
+                .collect();
+            if aligned && denying.is_empty() && !shadow_over.is_empty() {
+                // Only shadow descriptors are over their limits.
+                return Ok(Verdict::Ok {
+                    request_headers: headers(resp.request_headers_to_add),
+                    response_headers: headers(resp.response_headers_to_add),
+                    shadow_over,
+                });
+            }
+            let longest = denying
+                .iter()
                 .filter_map(|s| s.duration_until_reset.as_ref())
                 .map(ceil_seconds)
                 .max()
@@ -267,6 +299,7 @@ pub fn decode_response(bytes: &[u8]) -> Result<Verdict, RlsError> {
             Ok(Verdict::OverLimit {
                 retry_after: longest.max(1),
                 response_headers: headers(resp.response_headers_to_add),
+                shadow_over,
             })
         }
         other => Err(RlsError::UnknownCode(other)),
@@ -424,10 +457,11 @@ mod tests {
         }
         .encode_to_vec();
         assert_eq!(
-            decode_response(&bytes),
+            decode_response(&bytes, &[]),
             Ok(Verdict::Ok {
                 request_headers: vec![("x-checked".into(), "yes".into())],
                 response_headers: vec![("x-ratelimit-remaining".into(), "4".into())],
+                shadow_over: vec![],
             })
         );
     }
@@ -450,10 +484,11 @@ mod tests {
         }
         .encode_to_vec();
         assert_eq!(
-            decode_response(&bytes),
+            decode_response(&bytes, &[]),
             Ok(Verdict::OverLimit {
                 retry_after: 13,
                 response_headers: vec![("x-a".into(), "1".into())],
+                shadow_over: vec![],
             })
         );
     }
@@ -472,7 +507,7 @@ mod tests {
             }
             .encode_to_vec();
             assert!(matches!(
-                decode_response(&bytes),
+                decode_response(&bytes, &[]),
                 Ok(Verdict::OverLimit { retry_after: 1, .. })
             ));
         }
@@ -492,7 +527,7 @@ mod tests {
         .encode_to_vec();
         let Ok(Verdict::OverLimit {
             response_headers, ..
-        }) = decode_response(&bytes)
+        }) = decode_response(&bytes, &[])
         else {
             panic!()
         };
@@ -501,9 +536,9 @@ mod tests {
 
     #[test]
     fn unusable_replies_are_errors() {
-        assert_eq!(decode_response(&[]), Err(RlsError::UnknownCode(0)));
+        assert_eq!(decode_response(&[], &[]), Err(RlsError::UnknownCode(0)));
         assert_eq!(
-            decode_response(&[0xff, 0xff, 0xff]),
+            decode_response(&[0xff, 0xff, 0xff], &[]),
             Err(RlsError::Undecodable)
         );
         let bytes = pb::RateLimitResponse {
@@ -511,6 +546,6 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        assert_eq!(decode_response(&bytes), Err(RlsError::UnknownCode(9)));
+        assert_eq!(decode_response(&bytes, &[]), Err(RlsError::UnknownCode(9)));
     }
 }

@@ -184,10 +184,11 @@ fn replies_built_with_the_generated_types_decode() {
     }
     .encode_to_vec();
     assert_eq!(
-        rls::decode_response(&over),
+        rls::decode_response(&over, &[]),
         Ok(Verdict::OverLimit {
             retry_after: 13,
             response_headers: vec![("x-ratelimit-limit".to_owned(), "3".to_owned())],
+            shadow_over: vec![],
         })
     );
     let ok = RateLimitResponse {
@@ -202,10 +203,11 @@ fn replies_built_with_the_generated_types_decode() {
     }
     .encode_to_vec();
     assert_eq!(
-        rls::decode_response(&ok),
+        rls::decode_response(&ok, &[]),
         Ok(Verdict::Ok {
             request_headers: vec![("x-checked".to_owned(), "yes".to_owned())],
             response_headers: vec![],
+            shadow_over: vec![],
         })
     );
 }

@@ -27,8 +27,8 @@ fuzz_target!(|data: &[u8]| {
     }
     assert!(!cfg.descriptors.is_empty());
     for d in &cfg.descriptors {
-        assert!(!d.is_empty());
-        for e in d {
+        assert!(!d.entries.is_empty() && !d.name.is_empty());
+        for e in &d.entries {
             assert!(!e.key.is_empty());
             match &e.source {
                 Source::Literal(v) => assert!(!v.is_empty()),

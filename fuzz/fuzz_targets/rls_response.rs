@@ -8,21 +8,39 @@ use mcp_ratelimit::rls::{self, pb, RlsError, Verdict};
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
-    let verdict = rls::decode_response(data);
+    let verdict = rls::decode_response(data, &[]);
     assert_eq!(
         verdict,
-        rls::decode_response(data),
+        rls::decode_response(data, &[]),
         "decoding is deterministic"
     );
     let Ok(msg) = pb::RateLimitResponse::decode(data) else {
         assert_eq!(verdict, Err(RlsError::Undecodable));
         return;
     };
+    // Every descriptor shadow: an OVER_LIMIT status never denies; the
+    // over-limit statuses are reported by position instead.
+    if !msg.statuses.is_empty() {
+        let over: Vec<usize> = (0..msg.statuses.len())
+            .filter(|i| msg.statuses[*i].code == rls::CODE_OVER_LIMIT)
+            .collect();
+        match rls::decode_response(data, &vec![true; msg.statuses.len()]) {
+            Ok(Verdict::Ok { shadow_over, .. }) => assert_eq!(shadow_over, over),
+            Ok(Verdict::OverLimit { shadow_over, .. }) => {
+                assert!(over.is_empty(), "a shadow OVER_LIMIT denied");
+                assert!(shadow_over.is_empty());
+                assert_eq!(msg.overall_code, rls::CODE_OVER_LIMIT);
+            }
+            Err(e) => assert_eq!(Err(e), verdict),
+        }
+    }
     match verdict {
         Ok(Verdict::Ok {
             request_headers,
             response_headers,
+            shadow_over,
         }) => {
+            assert!(shadow_over.is_empty(), "no descriptor is shadow");
             assert_eq!(msg.overall_code, rls::CODE_OK);
             check_headers(&request_headers, &msg.request_headers_to_add);
             check_headers(&response_headers, &msg.response_headers_to_add);
@@ -30,7 +48,9 @@ fuzz_target!(|data: &[u8]| {
         Ok(Verdict::OverLimit {
             retry_after,
             response_headers,
+            shadow_over,
         }) => {
+            assert!(shadow_over.is_empty(), "no descriptor is shadow");
             assert_eq!(msg.overall_code, rls::CODE_OVER_LIMIT);
             assert!(retry_after >= 1, "Retry-After must be at least 1");
             // The longest reset among the over-limit statuses, rounded up.

@@ -4,6 +4,7 @@ use prost::Message;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+mod controls;
 mod hardening;
 
 #[derive(Default)]

@@ -415,10 +415,12 @@ fn expected_outcome(reply: &RlsReply, status: u32, body: Option<&[u8]>) -> Outco
     let outcome = if status != 0 {
         Outcome::Failed
     } else {
-        match rls::decode_response(body.unwrap_or_default()) {
+        // No configuration here has shadow descriptors.
+        match rls::decode_response(body.unwrap_or_default(), &[]) {
             Ok(Verdict::Ok {
                 request_headers,
                 response_headers,
+                ..
             }) => Outcome::Ok(request_headers, response_headers),
             Ok(Verdict::OverLimit { retry_after, .. }) => {
                 assert!(retry_after >= 1);

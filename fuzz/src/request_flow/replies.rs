@@ -204,7 +204,7 @@ impl Run<'_> {
                 self.cfg
                     .descriptors
                     .iter()
-                    .any(|c| c.iter().map(|e| e.key.as_str()).eq(keys.iter().copied())),
+                    .any(|c| c.entries.iter().map(|e| e.key.as_str()).eq(keys.iter().copied())),
                 "descriptor keys {keys:?} are not configured"
             );
             if let Some(h) = &d.hits_addend {
@@ -219,7 +219,7 @@ impl Run<'_> {
         // exactly the tool the parser resolves.
         let per_tool = matches!(
             self.cfg.descriptors.as_slice(),
-            [d] if matches!(d.as_slice(), [e] if e.source == Source::Mcp(McpField::Tool))
+            [d] if matches!(d.entries.as_slice(), [e] if e.source == Source::Mcp(McpField::Tool))
         );
         if from_body && per_tool {
             if let Ok(Body::Single(r)) = jsonrpc::parse(&self.buffered, &self.cfg.spec()) {

@@ -1,0 +1,328 @@
+//! Operator controls: descriptor objects, costs, missing sources, shadow
+//! descriptors and bounded tool names.
+
+use super::*;
+
+/// The hits each descriptor sent carries (1 when the field is absent).
+fn hits(req: &pb::RateLimitRequest) -> Vec<u64> {
+    req.descriptors
+        .iter()
+        .map(|d| d.hits_addend.as_ref().map_or(1, |h| h.value))
+        .collect()
+}
+
+fn status(code: i32, secs: i64) -> pb::DescriptorStatus {
+    pb::DescriptorStatus {
+        code,
+        current_limit: None,
+        limit_remaining: 0,
+        duration_until_reset: Some(pb::Duration {
+            seconds: secs,
+            nanos: 0,
+        }),
+    }
+}
+
+fn reply_with(overall: i32, statuses: Vec<pb::DescriptorStatus>) -> Vec<u8> {
+    pb::RateLimitResponse {
+        overall_code: overall,
+        statuses,
+        response_headers_to_add: vec![],
+        request_headers_to_add: vec![],
+    }
+    .encode_to_vec()
+}
+
+/// Dispatches `body` with `host`, then answers the call with `reply`.
+fn answer(flow: &mut Flow, host: &MockHost, body: &str, reply: &[u8]) -> Step {
+    let step = drive(flow, host, body);
+    assert!(matches!(step, Step::Dispatch(_)), "{step:?}");
+    flow.on_dispatched(7, host);
+    flow.on_rls_response(7, 0, Some(reply), host)
+}
+
+fn batch(calls: &[String]) -> String {
+    format!("[{}]", calls.join(","))
+}
+
+fn call_id(id: u64, tool: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
+    )
+}
+
+const PER_USER: &str = r#"{"domain":"mcp","rls_cluster":"r","descriptors":[
+    {"name":"per_user_tool","on_missing":"refuse",
+     "entries":[{"key":"user","header":"x-user-id"},{"key":"tool","mcp":"tool"}]},
+    {"name":"per_tenant","entries":[{"key":"tenant","header":"x-tenant","default":"anonymous"}]}]}"#;
+
+#[test]
+fn a_missing_identity_is_refused_not_skipped() {
+    let c = cfg(PER_USER);
+    assert_eq!(c.descriptors[0].name, "per_user_tool");
+    assert_eq!(c.descriptors[0].on_missing, OnMissing::Refuse);
+    assert_eq!(c.descriptors[1].on_missing, OnMissing::Skip);
+
+    // With the identity: both descriptors, the tenant from its default.
+    let host = MockHost::post_json().with("x-user-id", "alice");
+    let mut flow = Flow::new(c.clone());
+    let req = sent(&drive(&mut flow, &host, &call("search_docs")));
+    assert_eq!(
+        entries(&req),
+        vec![
+            vec![
+                ("user".into(), "alice".into()),
+                ("tool".into(), "search_docs".into())
+            ],
+            vec![("tenant".into(), "anonymous".into())],
+        ]
+    );
+
+    // Without it: refused with the request's id, no call.
+    let host = MockHost::post_json().with("x-tenant", "acme");
+    let mut flow = Flow::new(c.clone());
+    let Step::Reply(r) = drive(&mut flow, &host, &call("search_docs")) else {
+        panic!("not refused");
+    };
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.body,
+        r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32600,"message":"Invalid Request","data":{"reason":"the request lacks a value descriptor per_user_tool needs"}}}"#
+    );
+    assert_eq!(host.count_of(Counter::MissingSource), 1);
+    assert_eq!(host.count_of(Counter::Checked), 0);
+
+    // A message the descriptor is not about (no tool) is not refused: the
+    // tenant descriptor alone applies.
+    let host = MockHost::post_json();
+    let mut flow = Flow::new(c);
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let req = sent(&drive(&mut flow, &host, list));
+    assert_eq!(
+        entries(&req),
+        vec![vec![("tenant".into(), "anonymous".into())]]
+    );
+}
+
+#[test]
+fn a_missing_identity_on_the_fast_path_is_refused_with_the_body_id() {
+    let c = cfg(
+        r#"{"domain":"mcp","rls_cluster":"r","header_fast_path":true,"descriptors":[
+            {"name":"u","on_missing":"refuse","entries":[{"key":"user","header":"x-user-id"},{"key":"tool","mcp":"tool"}]}]}"#,
+    );
+    let host = modern_call(MockHost::post_json(), "search_docs");
+    let mut flow = Flow::new(c);
+    // Not judged from the headers: the body is read, to answer with its id.
+    assert_eq!(flow.on_request_headers(false, &host), Step::Pause);
+    assert_eq!(host.count_of(Counter::FastPath), 0);
+    let body = call_id(5, "search_docs");
+    let step = flow.on_request_body(body.len(), true, &host);
+    let Step::ReadBody { start: 0, len } = step else {
+        panic!("{step:?}");
+    };
+    assert_eq!(len, body.len());
+    let Step::Reply(r) = flow.on_body(body.as_bytes(), &host) else {
+        panic!("not refused");
+    };
+    assert!(r.body.contains(r#""id":5,"#), "{}", r.body);
+    assert_eq!(host.count_of(Counter::MissingSource), 1);
+}
+
+#[test]
+fn defaults_apply_to_request_sources_only() {
+    for (json, key) in [
+        (
+            r#"[[{"key":"t","mcp":"tool","default":"x"}]]"#,
+            "descriptors[0][0].default",
+        ),
+        (
+            r#"[[{"key":"t","value":"v","default":"x"}]]"#,
+            "descriptors[0][0].default",
+        ),
+        (
+            r#"[[{"key":"u","header":"x-u","default":""}]]"#,
+            "descriptors[0][0].default",
+        ),
+        (
+            r#"[{"name":"","entries":[{"key":"t","mcp":"tool"}]}]"#,
+            "descriptors[0].name",
+        ),
+        (
+            r#"[{"name":"a","entries":[{"key":"t","mcp":"tool"}]},{"name":"a","entries":[{"key":"m","mcp":"method"}]}]"#,
+            "descriptors[1].name",
+        ),
+        (r#"[{"name":"a","entries":[]}]"#, "descriptors[0]"),
+        (
+            r#"[{"name":"a","entries":[{"key":"t","mcp":"tool"}],"on_missing":"deny"}]"#,
+            "on_missing",
+        ),
+        (
+            r#"[{"name":"a","entries":[{"key":"t","mcp":"tool"}],"weight":2}]"#,
+            "weight",
+        ),
+    ] {
+        let text = format!(r#"{{"domain":"d","rls_cluster":"r","descriptors":{json}}}"#);
+        let msg = Config::parse(text.as_bytes()).unwrap_err().to_string();
+        assert!(msg.contains(key), "{json}: {msg}");
+    }
+}
+
+const COSTS: &str = r#"{"domain":"mcp","rls_cluster":"r","tool_costs":{"generate_report":10},"default_cost":2,
+    "descriptors":[
+      {"name":"budget","entries":[{"key":"tenant","value":"acme"}]},
+      {"name":"calls","cost":false,"entries":[{"key":"tool","mcp":"tool"}]}]}"#;
+
+#[test]
+fn costs_are_sent_as_hits() {
+    let c = cfg(COSTS);
+    assert_eq!(c.cost(Some("generate_report")), 10);
+    assert_eq!(c.cost(Some("lookup")), 2);
+    assert_eq!(c.cost(None), 2);
+    let host = MockHost::post_json();
+    let mut flow = Flow::new(c.clone());
+    let req = sent(&drive(&mut flow, &host, &call("generate_report")));
+    assert_eq!(hits(&req), vec![10, 1]);
+
+    // A batch: the budget gets the sum, each tool its number of calls;
+    // `call_tool` costs what the tool it calls costs.
+    let via = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"call_tool","arguments":{"tool_name":"generate_report"}}}"#;
+    let body = batch(&[
+        call_id(1, "generate_report"),
+        call_id(2, "lookup"),
+        via.to_owned(),
+    ]);
+    let mut flow = Flow::new(c);
+    let req = sent(&drive(&mut flow, &host, &body));
+    assert_eq!(
+        entries(&req),
+        vec![
+            vec![("tenant".into(), "acme".into())],
+            vec![("tool".into(), "generate_report".into())],
+            vec![("tool".into(), "lookup".into())],
+        ]
+    );
+    assert_eq!(hits(&req), vec![10 + 2 + 10, 2, 1]);
+}
+
+#[test]
+fn cost_bounds_are_checked() {
+    for (json, key) in [
+        (r#""tool_costs":{"t":0}"#, "tool_costs.t"),
+        (r#""tool_costs":{"t":1000001}"#, "tool_costs.t"),
+        (r#""tool_costs":{"":3}"#, "tool_costs"),
+        (r#""tool_costs":{"t":-1}"#, "tool_costs"),
+        (
+            r#""tool_costs":{"t":1,"t":2}"#,
+            "`tool_costs` names t twice",
+        ),
+        (r#""tool_costs":[]"#, "tool_costs"),
+        (r#""default_cost":0"#, "default_cost"),
+        (r#""tools":[]"#, "tools"),
+        (r#""tools":["a","a"]"#, "tools"),
+        (r#""tools":["_other"]"#, "tools"),
+        (r#""unknown_tools":"other""#, "unknown_tools"),
+        (r#""tools":["a"],"unknown_tools":"drop""#, "unknown_tools"),
+        (r#""shadow":"yes""#, "shadow"),
+        (r#""tools":["a"],"tool_costs":{"b":2}"#, "`tool_costs` names b, which `tools` does not list"),
+    ] {
+        let text = format!(r#"{{"domain":"d","rls_cluster":"r",{json}}}"#);
+        let msg = Config::parse(text.as_bytes()).unwrap_err().to_string();
+        assert!(msg.contains(key), "{json}: {msg}");
+    }
+}
+
+#[test]
+fn tools_outside_the_list_share_one_bucket_or_are_refused() {
+    let other = cfg(r#"{"domain":"mcp","rls_cluster":"r","tools":["search_docs","get_weather"]}"#);
+    assert_eq!(other.unknown_tools, UnknownTools::Other);
+    let host = MockHost::post_json();
+    for (tool, sent_as) in [
+        ("search_docs", "search_docs"),
+        ("x1", "_other"),
+        ("x2", "_other"),
+    ] {
+        let mut flow = Flow::new(other.clone());
+        let req = sent(&drive(&mut flow, &host, &call(tool)));
+        assert_eq!(entries(&req), vec![vec![("tool".into(), sent_as.into())]]);
+    }
+    let refuse = cfg(
+        r#"{"domain":"mcp","rls_cluster":"r","tools":["search_docs"],"unknown_tools":"refuse"}"#,
+    );
+    let mut flow = Flow::new(refuse.clone());
+    let Step::Reply(r) = drive(&mut flow, &host, &call_id(3, "made_up")) else {
+        panic!("not refused");
+    };
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.body,
+        r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32602,"message":"Invalid params","data":{"reason":"unknown tool: made_up"}}}"#
+    );
+    assert_eq!(host.count_of(Counter::UnknownTool), 1);
+    // One unknown tool in a batch refuses the batch.
+    let mut flow = Flow::new(refuse);
+    let body = batch(&[call_id(1, "search_docs"), call_id(2, "made_up")]);
+    assert!(matches!(drive(&mut flow, &host, &body), Step::Reply(_)));
+    assert_eq!(host.count_of(Counter::UnknownTool), 2);
+}
+
+const SHADOW: &str = r#"{"domain":"mcp","rls_cluster":"r","descriptors":[
+    {"name":"enforced","entries":[{"key":"tool","mcp":"tool"}]},
+    {"name":"trial","shadow":true,"entries":[{"key":"tenant","value":"acme"}]}]}"#;
+
+#[test]
+fn a_shadow_descriptor_over_its_limit_does_not_deny() {
+    let c = cfg(SHADOW);
+    assert!(!c.descriptors[0].shadow && c.descriptors[1].shadow);
+    let host = MockHost::post_json();
+    // Only the shadow descriptor is over: allowed, counted.
+    let mut flow = Flow::new(c.clone());
+    let reply = reply_with(2, vec![status(1, 30), status(2, 40)]);
+    let step = answer(&mut flow, &host, &call("search_docs"), &reply);
+    assert_eq!(step, Step::go());
+    assert_eq!(host.count_of(Counter::ShadowOverLimit), 1);
+    assert_eq!(host.count_of(Counter::Ok), 1);
+    assert_eq!(host.count_of(Counter::OverLimit), 0);
+
+    // Both over: denied, Retry-After from the enforced descriptor only.
+    let mut flow = Flow::new(c.clone());
+    let reply = reply_with(2, vec![status(2, 30), status(2, 400)]);
+    let Step::Reply(r) = answer(&mut flow, &host, &call("search_docs"), &reply) else {
+        panic!("not denied");
+    };
+    assert_eq!(r.status, 429);
+    assert!(r.body.contains(r#""retryAfterSeconds":30"#), "{}", r.body);
+    assert_eq!(host.count_of(Counter::ShadowOverLimit), 2);
+
+    // Statuses that do not line up with what was sent: every OVER_LIMIT
+    // denies.
+    let mut flow = Flow::new(c);
+    let reply = reply_with(2, vec![status(2, 40)]);
+    assert!(matches!(
+        answer(&mut flow, &host, &call("search_docs"), &reply),
+        Step::Reply(_)
+    ));
+}
+
+#[test]
+fn top_level_shadow_makes_every_descriptor_shadow() {
+    let c = cfg(r#"{"domain":"mcp","rls_cluster":"r","shadow":true}"#);
+    assert!(c.descriptors.iter().all(|d| d.shadow));
+    let host = MockHost::post_json();
+    let mut flow = Flow::new(c);
+    let step = answer(&mut flow, &host, &call("search_docs"), &reply_bytes(2, 10));
+    assert_eq!(step, Step::go());
+    assert_eq!(host.count_of(Counter::ShadowOverLimit), 1);
+}
+
+#[test]
+fn no_shadow_bookkeeping_without_shadow_descriptors() {
+    let host = MockHost::post_json();
+    let mut flow = Flow::new(cfg(BASIC));
+    let step = drive(&mut flow, &host, &call("search_docs"));
+    assert!(matches!(step, Step::Dispatch(_)));
+    flow.on_dispatched(1, &host);
+    let State::AwaitingRls { call, .. } = &flow.state else {
+        panic!("not awaiting");
+    };
+    assert!(call.sent.is_empty() && call.target.is_none());
+}
