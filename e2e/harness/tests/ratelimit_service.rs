@@ -238,6 +238,26 @@ fn batch_of_k_calls_consumes_k() {
     assert_eq!(p.up.calls("search_docs").unwrap(), 3);
 }
 
+/// A call's cost is the hits the service counts: with `search_docs`
+/// costing 2 under its limit of 3 a minute, the first call passes and the
+/// second (4 > 3) is denied; Redis holds 4.
+#[test]
+fn the_service_counts_each_call_at_its_cost() {
+    let plugin = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":3000,
+        "failure_mode_deny":true,"tool_costs":{"search_docs":2}}"#;
+    let p = Production::start(&[plugin], 1, 1, &RateLimitOptions::default());
+    let end = window_with(60, Duration::from_secs(15));
+    assert_passed(&p.post(0, &tools_call(1, "search_docs")), 1, "search_docs");
+    assert_eq!(p.count("search_docs", end), 2);
+    let t0 = unix_now();
+    let resp = p.post(0, &tools_call(2, "search_docs"));
+    assert_denied(&resp, 2, t0, unix_now());
+    assert_eq!(p.count("search_docs", end), 4);
+    // Other tools cost the default, 1.
+    assert_passed(&p.post(0, &tools_call(3, "get_weather")), 3, "get_weather");
+    assert_eq!(p.count("get_weather", end), 1);
+}
+
 /// `response_headers_to_add`, as the service fills them when its
 /// `LIMIT_RESPONSE_HEADERS_ENABLED` is on, reach the client on allowed and
 /// denied answers alike.

@@ -1,0 +1,283 @@
+//! Operator controls through the real Envoy: descriptor objects with
+//! `on_missing` and entry defaults, call costs, shadow descriptors and
+//! bounded tool names, in front of dev-rls (clock frozen at `CLOCK_AT`, so
+//! counts are exact).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use e2e::fixtures::tools_call;
+use e2e::stack::Stack;
+use e2e::{Response, CLOCK_AT};
+use serde_json::{json, Value};
+
+/// Seconds from the frozen `CLOCK_AT` to the end of its UTC day.
+const DAY_LEFT: u64 = 86_400 - CLOCK_AT % 86_400;
+
+fn assert_passed(resp: &Response, id: u64, tool: &str) {
+    assert_eq!(resp.status, 200, "id {id}: {resp:?}");
+    assert_eq!(resp.json()["id"], id, "{resp:?}");
+    assert_eq!(
+        resp.json()["result"]["content"][0]["text"],
+        format!("{tool} called"),
+        "{resp:?}"
+    );
+}
+
+fn assert_denied(resp: &Response, id: u64) {
+    assert_eq!(resp.status, 429, "id {id}: {resp:?}");
+    assert_eq!(
+        resp.text(),
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":429,"message":"Rate limit exceeded","data":{{"retryAfterSeconds":{DAY_LEFT}}}}}}}"#
+        )
+    );
+}
+
+fn as_user(s: &Stack, id: u64, tool: &str, user: Option<&str>) -> Response {
+    match user {
+        Some(u) => s.post_with(&tools_call(id, tool), &[("x-user-id", u)]),
+        None => s.post(&tools_call(id, tool)),
+    }
+}
+
+const PER_USER_LIMITS: &str = "
+domain: mcp
+descriptors:
+  - key: user
+    descriptors:
+      - key: tool
+        rate_limit: {unit: day, requests_per_unit: 2}
+";
+
+/// `on_missing: refuse`: a call without the identity is refused before the
+/// service and the server, with the request's id; with the default
+/// (`skip`), the same call escapes the per-user limit.
+#[test]
+fn a_missing_identity_is_refused_not_let_through() {
+    let refuse = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"descriptors":[
+        {"name":"per_user_tool","on_missing":"refuse",
+         "entries":[{"key":"user","header":"x-user-id"},{"key":"tool","mcp":"tool"}]}]}"#;
+    let s = Stack::start(refuse, PER_USER_LIMITS);
+    assert_passed(
+        &as_user(&s, 1, "search_docs", Some("alice")),
+        1,
+        "search_docs",
+    );
+    assert_passed(
+        &as_user(&s, 2, "search_docs", Some("alice")),
+        2,
+        "search_docs",
+    );
+    assert_denied(&as_user(&s, 3, "search_docs", Some("alice")), 3);
+    let calls = s.rls_requests().len();
+    let resp = as_user(&s, 4, "search_docs", None);
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert_eq!(
+        resp.json(),
+        json!({"jsonrpc":"2.0","id":4,"error":{"code":-32600,"message":"Invalid Request",
+            "data":{"reason":"the request lacks a value descriptor per_user_tool needs"}}})
+    );
+    assert_eq!(s.rls_requests().len(), calls, "the service was asked");
+    assert_eq!(s.up.calls("search_docs").unwrap(), 2);
+    assert_eq!(s.stat("missing_source"), 1);
+    // A message without a tool is not what the descriptor is about.
+    let list = s.post(r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#);
+    assert_eq!(list.status, 200, "{list:?}");
+
+    // The list form (skip): without the header, no descriptor, no limit.
+    let skip = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"descriptors":[
+        [{"key":"user","header":"x-user-id"},{"key":"tool","mcp":"tool"}]]}"#;
+    let s = Stack::start(skip, PER_USER_LIMITS);
+    for id in 1..=3 {
+        assert_passed(&as_user(&s, id, "search_docs", None), id, "search_docs");
+    }
+    assert_eq!(s.rls_requests().len(), 0);
+}
+
+/// An entry's `default` stands in for an absent header: callers without an
+/// identity share one bucket.
+#[test]
+fn callers_without_an_identity_share_the_default_bucket() {
+    let plugin = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"descriptors":[
+        {"name":"per_user_tool","entries":[{"key":"user","header":"x-user-id","default":"anonymous"},{"key":"tool","mcp":"tool"}]}]}"#;
+    let s = Stack::start(plugin, PER_USER_LIMITS);
+    assert_passed(&as_user(&s, 1, "search_docs", None), 1, "search_docs");
+    assert_passed(
+        &as_user(&s, 2, "search_docs", Some("anonymous")),
+        2,
+        "search_docs",
+    );
+    assert_denied(&as_user(&s, 3, "search_docs", None), 3);
+    assert_passed(
+        &as_user(&s, 4, "search_docs", Some("bob")),
+        4,
+        "search_docs",
+    );
+    assert_eq!(
+        s.rls_requests()[0]["descriptors"][0]["entries"],
+        json!([{"key": "user", "value": "anonymous"}, {"key": "tool", "value": "search_docs"}])
+    );
+}
+
+const BUDGET_LIMITS: &str = "
+domain: mcp
+descriptors:
+  - key: tenant
+    value: acme
+    rate_limit: {unit: day, requests_per_unit: 25}
+  - key: tool
+    rate_limit: {unit: day, requests_per_unit: 1000}
+";
+
+const BUDGET: &str = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,
+    "tool_costs":{"search_docs":10},
+    "descriptors":[
+      {"name":"tenant_budget","entries":[{"key":"tenant","value":"acme"}]},
+      {"name":"calls_per_tool","cost":false,"entries":[{"key":"tool","mcp":"tool"}]}]}"#;
+
+/// Costs: a `search_docs` call spends 10 of the tenant's 25, any other
+/// call 1; the per-tool descriptor counts calls. Through `call_tool` and in
+/// batches alike.
+#[test]
+fn costly_tools_spend_more_of_a_shared_budget() {
+    let s = Stack::start(BUDGET, BUDGET_LIMITS);
+    assert_passed(&s.post(&tools_call(1, "search_docs")), 1, "search_docs");
+    let via = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"call_tool","arguments":{"tool_name":"search_docs","parameters":{}}}}"#;
+    let resp = s.post(via);
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let sent = s.rls_requests();
+    let hits = |i: usize| -> Vec<Value> {
+        sent[i]["descriptors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["hits_addend"].clone())
+            .collect()
+    };
+    // 10 for the budget, one call for the tool (sent as no hits_addend).
+    assert_eq!(hits(0), vec![json!(10), Value::Null]);
+    assert_eq!(hits(1), vec![json!(10), Value::Null]);
+    // 20 spent: a batch of a lookup and another search (11) is over 25.
+    let batch = format!(
+        "[{},{}]",
+        tools_call(3, "get_weather"),
+        tools_call(4, "search_docs")
+    );
+    let resp = s.post(&batch);
+    assert_eq!(resp.status, 429, "{resp:?}");
+    assert_eq!(resp.batch_ids(), vec![json!(3), json!(4)]);
+    let sent = s.rls_requests();
+    assert_eq!(
+        sent[2]["descriptors"],
+        json!([
+            {"entries": [{"key": "tenant", "value": "acme"}], "hits_addend": 11},
+            {"entries": [{"key": "tool", "value": "get_weather"}], "hits_addend": null},
+            {"entries": [{"key": "tool", "value": "search_docs"}], "hits_addend": null}
+        ])
+    );
+    assert_eq!(s.up.calls("search_docs").unwrap(), 2);
+    assert_eq!(s.up.calls("get_weather").unwrap(), 0);
+}
+
+/// A shadow descriptor is asked and counted, but its OVER_LIMIT never
+/// denies; it is counted and logged. The enforced descriptor still denies.
+#[test]
+fn a_shadow_limit_is_reported_never_enforced() {
+    let limits = "
+domain: mcp
+descriptors:
+  - key: tenant
+    value: acme
+    rate_limit: {unit: day, requests_per_unit: 1}
+  - key: tool
+    rate_limit: {unit: day, requests_per_unit: 3}
+";
+    let plugin = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"descriptors":[
+        {"name":"per_tool","entries":[{"key":"tool","mcp":"tool"}]},
+        {"name":"tenant_trial","shadow":true,"entries":[{"key":"tenant","value":"acme"}]}]}"#;
+    let s = Stack::start(plugin, limits);
+    for id in 1..=3 {
+        assert_passed(&s.post(&tools_call(id, "search_docs")), id, "search_docs");
+    }
+    assert_eq!(s.stat("shadow_over_limit"), 2);
+    assert_eq!(s.stat("ok"), 3);
+    // The enforced limit: the 4th is denied (and the trial is over too).
+    assert_denied(&s.post(&tools_call(4, "search_docs")), 4);
+    assert_eq!(s.stat("over_limit"), 1);
+    assert_eq!(s.stat("shadow_over_limit"), 3);
+    assert_eq!(s.up.calls("search_docs").unwrap(), 3);
+    e2e::wait_for(
+        "the shadow log line",
+        std::time::Duration::from_secs(5),
+        || {
+            s.envoy
+                .logs()
+                .contains("shadow limit exceeded: descriptor tenant_trial, target search_docs")
+                .then_some(())
+        },
+    )
+    .unwrap();
+    assert!(
+        !s.envoy.logs().contains(r#""query":"q""#),
+        "the body reached the log"
+    );
+}
+
+const BOUNDED_LIMITS: &str = "
+domain: mcp
+descriptors:
+  - key: tool
+    value: search_docs
+    rate_limit: {unit: day, requests_per_unit: 3}
+  - key: tool
+    rate_limit: {unit: day, requests_per_unit: 2}
+";
+
+/// `tools` + `unknown_tools: other`: every invented name spends the one
+/// `_other` bucket; `refuse` answers -32602 before the service and server.
+#[test]
+fn invented_tool_names_share_one_bucket_or_are_refused() {
+    let other = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,
+        "tools":["search_docs","get_weather"],"unknown_tools":"other"}"#;
+    let s = Stack::start(other, BOUNDED_LIMITS);
+    let first = s.post(&tools_call(1, "random_1"));
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(s.post(&tools_call(2, "random_2")).status, 200);
+    assert_denied(&s.post(&tools_call(3, "random_3")), 3);
+    // Known tools keep their own buckets.
+    assert_passed(&s.post(&tools_call(4, "get_weather")), 4, "get_weather");
+    let values: Vec<Value> = s
+        .rls_requests()
+        .iter()
+        .map(|r| r["descriptors"][0]["entries"][0]["value"].clone())
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            json!("_other"),
+            json!("_other"),
+            json!("_other"),
+            json!("get_weather")
+        ]
+    );
+
+    let refuse = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,
+        "tools":["search_docs","get_weather"],"unknown_tools":"refuse"}"#;
+    let s = Stack::start(refuse, BOUNDED_LIMITS);
+    let resp = s.post(&tools_call(7, "random_1"));
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert_eq!(
+        resp.json(),
+        json!({"jsonrpc":"2.0","id":7,"error":{"code":-32602,"message":"Invalid params",
+            "data":{"reason":"unknown tool: random_1"}}})
+    );
+    assert_eq!(s.stat("unknown_tool"), 1);
+    assert_eq!(s.rls_requests().len(), 0);
+    assert_eq!(s.up.requests().unwrap(), 0);
+    assert_passed(&s.post(&tools_call(8, "search_docs")), 8, "search_docs");
+}
