@@ -54,6 +54,9 @@ pub struct Config {
     pub tools: Option<Vec<String>>,
     /// What becomes of a tool outside `tools`.
     pub unknown_tools: UnknownTools,
+    /// Add `x-ratelimit-*` headers (draft 03) computed from the service's
+    /// statuses, as Envoy's ratelimit filter does.
+    pub ratelimit_headers: bool,
     pub over_limit: Reply,
     pub rls_failure: Reply,
     /// Header names that some descriptor reads (lowercase).
@@ -95,6 +98,14 @@ pub enum UnknownTools {
     Other,
     /// Refused with a JSON-RPC error.
     Refuse,
+}
+
+/// `ratelimit_headers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RateLimitHeaders {
+    Off,
+    Draft03,
 }
 
 /// The value a tool outside `tools` is sent as.
@@ -165,6 +176,8 @@ pub struct Reply {
     pub message: String,
     /// `message` as a JSON string literal, quotes included.
     pub message_json: String,
+    /// Add `data.retryAfterMs` next to `data.retryAfterSeconds`.
+    pub retry_after_ms: bool,
 }
 
 /// A configuration the filter refuses; the text names the offending key.
@@ -218,6 +231,8 @@ struct RawConfig {
     tools: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_unknown_tools")]
     unknown_tools: Option<UnknownTools>,
+    #[serde(default, deserialize_with = "de_ratelimit_headers")]
+    ratelimit_headers: Option<RateLimitHeaders>,
     #[serde(default, deserialize_with = "de_over_limit")]
     over_limit: RawReply,
     #[serde(default, deserialize_with = "de_rls_failure")]
@@ -255,6 +270,8 @@ named! {
     de_tools: Option<Vec<String>> = "tools";
     de_unknown_tools: Option<UnknownTools> = "unknown_tools";
     de_on_missing: Option<OnMissing> = "on_missing";
+    de_ratelimit_headers: Option<RateLimitHeaders> = "ratelimit_headers";
+    de_retry_after_ms: Option<bool> = "retry_after_ms";
     de_descriptor_shadow: Option<bool> = "shadow";
     de_descriptor_cost: Option<bool> = "cost";
     de_over_limit: RawReply = "over_limit";
@@ -361,6 +378,8 @@ struct RawReply {
     http_status: Option<u32>,
     code: Option<i64>,
     message: Option<String>,
+    #[serde(default, deserialize_with = "de_retry_after_ms")]
+    retry_after_ms: Option<bool>,
 }
 
 impl Config {
@@ -400,6 +419,12 @@ impl Config {
         let over_limit = raw
             .over_limit
             .build("over_limit", 429, 429, "Rate limit exceeded")?;
+        if raw.rls_failure.retry_after_ms.is_some() {
+            return Err(ConfigError(
+                "`rls_failure.retry_after_ms` is not a setting: only a denial has a reset"
+                    .to_owned(),
+            ));
+        }
         let rls_failure =
             raw.rls_failure
                 .build("rls_failure", 503, -32603, "Rate limit service unavailable")?;
@@ -424,6 +449,7 @@ impl Config {
             default_cost: raw.default_cost,
             tools,
             unknown_tools: raw.unknown_tools.unwrap_or(UnknownTools::Other),
+            ratelimit_headers: raw.ratelimit_headers == Some(RateLimitHeaders::Draft03),
             over_limit,
             rls_failure,
             headers_used,
@@ -799,6 +825,7 @@ impl RawReply {
             code: self.code.unwrap_or(code),
             message,
             message_json,
+            retry_after_ms: self.retry_after_ms.unwrap_or(false),
         })
     }
 }

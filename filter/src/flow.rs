@@ -162,7 +162,11 @@ struct Call {
 /// A denial decided before the request's ids are known.
 #[derive(Debug, PartialEq, Eq)]
 enum Pending {
-    OverLimit { retry_after: u64, headers: Headers },
+    OverLimit {
+        retry_after: u64,
+        retry_after_ms: u64,
+        headers: Headers,
+    },
     Failure,
 }
 
@@ -301,7 +305,11 @@ impl Flow {
                         .iter()
                         .map(|i| req.cfg.descriptors.get(*i).is_some_and(|d| d.shadow))
                         .collect();
-                    rls::decode_response(body.unwrap_or(&[]), &shadow)
+                    let reading = rls::Reading {
+                        shadow: &shadow,
+                        ratelimit_headers: req.cfg.ratelimit_headers,
+                    };
+                    rls::decode_response(body.unwrap_or(&[]), reading)
                 };
                 req.verdict(verdict, call, host)
             }
@@ -657,12 +665,14 @@ impl Req {
             }
             Ok(Verdict::OverLimit {
                 retry_after,
+                retry_after_ms,
                 response_headers,
                 ..
             }) => {
                 host.count(Counter::OverLimit);
                 let pending = Pending::OverLimit {
                     retry_after,
+                    retry_after_ms,
                     headers: response_headers,
                 };
                 self.deny(pending, ids)
@@ -722,8 +732,14 @@ impl Req {
         match pending {
             Pending::OverLimit {
                 retry_after,
+                retry_after_ms,
                 headers,
-            } => reply::over_limit(&self.cfg.over_limit, ids, retry_after, headers),
+            } => reply::over_limit(
+                &self.cfg.over_limit,
+                ids,
+                (retry_after, retry_after_ms),
+                headers,
+            ),
             Pending::Failure => reply::rls_failure(&self.cfg.rls_failure, ids),
         }
     }

@@ -85,9 +85,16 @@ fn errors_for(ids: &Ids, code: i64, message_json: &str, data: Option<&str>) -> S
     out
 }
 
-/// The denial of a request the rate-limit service found over limit.
-pub fn over_limit(cfg: &Reply, ids: &Ids, retry_after: u64, extra: Headers) -> LocalReply {
-    let data = format!(r#"{{"retryAfterSeconds":{retry_after}}}"#);
+/// The denial of a request the rate-limit service found over limit, with
+/// the time until the limit resets in seconds (and in milliseconds, for
+/// `data.retryAfterMs` when configured).
+pub fn over_limit(cfg: &Reply, ids: &Ids, retry: (u64, u64), extra: Headers) -> LocalReply {
+    let (retry_after, retry_after_ms) = retry;
+    let data = if cfg.retry_after_ms {
+        format!(r#"{{"retryAfterSeconds":{retry_after},"retryAfterMs":{retry_after_ms}}}"#)
+    } else {
+        format!(r#"{{"retryAfterSeconds":{retry_after}}}"#)
+    };
     let mut headers = Vec::with_capacity(3 + extra.len());
     headers.push((JSON.0.to_owned(), JSON.1.to_owned()));
     headers.push(("retry-after".to_owned(), retry_after.to_string()));
@@ -228,6 +235,7 @@ mod tests {
             code: 429,
             message: "Rate limit exceeded".into(),
             message_json: "\"Rate limit exceeded\"".into(),
+            retry_after_ms: false,
         }
     }
 
@@ -236,7 +244,7 @@ mod tests {
         let r = over_limit(
             &cfg(),
             &Ids::Single(Some("7".into())),
-            42,
+            (42, 42000),
             vec![("x-ratelimit-limit".into(), "5".into())],
         );
         assert_eq!(r.status, 429);
@@ -259,7 +267,7 @@ mod tests {
 
     #[test]
     fn notification_denial_omits_id() {
-        let r = over_limit(&cfg(), &Ids::Single(None), 1, vec![]);
+        let r = over_limit(&cfg(), &Ids::Single(None), (1, 1000), vec![]);
         assert_eq!(
             r.body,
             r#"{"jsonrpc":"2.0","error":{"code":429,"message":"Rate limit exceeded","data":{"retryAfterSeconds":1}}}"#
@@ -271,7 +279,7 @@ mod tests {
         let r = over_limit(
             &cfg(),
             &Ids::Batch(vec!["1".into(), "\"b\"".into()]),
-            3,
+            (3, 3000),
             vec![],
         );
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
@@ -284,7 +292,7 @@ mod tests {
     #[test]
     fn ids_keep_their_json_text() {
         for id in ["\"x\\\"y\"", "1.50", "null", "{\"a\":[1]}"] {
-            let r = over_limit(&cfg(), &Ids::Single(Some(id.into())), 1, vec![]);
+            let r = over_limit(&cfg(), &Ids::Single(Some(id.into())), (1, 1000), vec![]);
             assert!(r.body.contains(&format!(r#""id":{id},"#)), "{}", r.body);
             serde_json::from_str::<serde_json::Value>(&r.body).unwrap();
         }
@@ -295,7 +303,7 @@ mod tests {
         let r = over_limit(
             &cfg(),
             &Ids::Single(None),
-            1,
+            (1, 1000),
             vec![("content-type".into(), "text/html".into())],
         );
         assert_eq!(
@@ -334,6 +342,7 @@ mod tests {
             code: -32603,
             message: "Rate limit service unavailable".into(),
             message_json: "\"Rate limit service unavailable\"".into(),
+            retry_after_ms: false,
         };
         let r = rls_failure(&c, &Ids::Single(Some("\"q\"".into())));
         assert_eq!(r.status, 503);

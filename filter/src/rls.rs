@@ -235,6 +235,8 @@ pub enum Verdict {
     /// the denial.
     OverLimit {
         retry_after: u64,
+        /// The same reset in milliseconds, rounded up.
+        retry_after_ms: u64,
         response_headers: Headers,
         shadow_over: Vec<usize>,
     },
@@ -251,13 +253,33 @@ pub enum RlsError {
     UnknownCode(i32),
 }
 
-/// Turns a reply body into a verdict. `shadow` says, for each descriptor
-/// sent, whether its OVER_LIMIT may not deny (empty: none is shadow). When
-/// the statuses do not line up with the descriptors sent, every OVER_LIMIT
-/// counts.
-pub fn decode_response(bytes: &[u8], shadow: &[bool]) -> Result<Verdict, RlsError> {
+/// How to read a reply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reading<'a> {
+    /// For each descriptor sent, whether its OVER_LIMIT may not deny
+    /// (empty: none is shadow). When the statuses do not line up with the
+    /// descriptors sent, every OVER_LIMIT counts.
+    pub shadow: &'a [bool],
+    /// Add the draft-03 `x-ratelimit-*` headers to the response headers.
+    pub ratelimit_headers: bool,
+}
+
+/// Turns a reply body into a verdict.
+pub fn decode_response(bytes: &[u8], reading: Reading<'_>) -> Result<Verdict, RlsError> {
     use prost::Message;
+    let shadow = reading.shadow;
     let resp = pb::RateLimitResponse::decode(bytes).map_err(|_| RlsError::Undecodable)?;
+    let mut response_headers = headers(resp.response_headers_to_add);
+    if reading.ratelimit_headers {
+        let aligned = !shadow.is_empty() && resp.statuses.len() == shadow.len();
+        let counted = resp
+            .statuses
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(aligned && shadow.get(*i).copied().unwrap_or(false)))
+            .map(|(_, s)| s);
+        response_headers.extend(draft03_headers(counted));
+    }
     let aligned = !shadow.is_empty() && resp.statuses.len() == shadow.len();
     let is_shadow = |i: usize| aligned && shadow.get(i).copied().unwrap_or(false);
     let over = |s: &&pb::DescriptorStatus| s.code == CODE_OVER_LIMIT;
@@ -271,7 +293,7 @@ pub fn decode_response(bytes: &[u8], shadow: &[bool]) -> Result<Verdict, RlsErro
     match resp.overall_code {
         CODE_OK => Ok(Verdict::Ok {
             request_headers: headers(resp.request_headers_to_add),
-            response_headers: headers(resp.response_headers_to_add),
+            response_headers,
             shadow_over,
         }),
         CODE_OVER_LIMIT => {
@@ -286,24 +308,82 @@ pub fn decode_response(bytes: &[u8], shadow: &[bool]) -> Result<Verdict, RlsErro
                 // Only shadow descriptors are over their limits.
                 return Ok(Verdict::Ok {
                     request_headers: headers(resp.request_headers_to_add),
-                    response_headers: headers(resp.response_headers_to_add),
+                    response_headers,
                     shadow_over,
                 });
             }
             let longest = denying
                 .iter()
                 .filter_map(|s| s.duration_until_reset.as_ref())
-                .map(ceil_seconds)
-                .max()
-                .unwrap_or(0);
+                .max_by_key(|d| (d.seconds, d.nanos));
+            let retry_after = longest.map_or(0, ceil_seconds).max(1);
+            let retry_after_ms = longest.map_or(0, ceil_millis).max(1);
             Ok(Verdict::OverLimit {
-                retry_after: longest.max(1),
-                response_headers: headers(resp.response_headers_to_add),
+                retry_after,
+                retry_after_ms,
+                response_headers,
                 shadow_over,
             })
         }
         other => Err(RlsError::UnknownCode(other)),
     }
+}
+
+/// The draft-03 headers Envoy's ratelimit filter adds with
+/// `enable_x_ratelimit_headers: DRAFT_VERSION_03`, from the statuses that
+/// carry a limit: the one with the fewest hits remaining (the first of
+/// equals) gives `x-ratelimit-limit`'s first value, `x-ratelimit-remaining`
+/// and `x-ratelimit-reset` (whole seconds); each gives a quota policy
+/// `, <limit>;w=<window>[;name="<name>"]` when its unit has a window.
+fn draft03_headers<'a>(statuses: impl Iterator<Item = &'a pb::DescriptorStatus>) -> Headers {
+    let mut closest: Option<(&pb::DescriptorStatus, &pb::RateLimit)> = None;
+    let mut policies = String::new();
+    for s in statuses {
+        let Some(limit) = s.current_limit.as_ref() else {
+            continue;
+        };
+        if closest.is_none_or(|(c, _)| s.limit_remaining < c.limit_remaining) {
+            closest = Some((s, limit));
+        }
+        let window: u64 = match limit.unit {
+            1 => 1,
+            2 => 60,
+            3 => 3600,
+            4 => 86_400,
+            5 => 30 * 86_400,
+            6 => 365 * 86_400,
+            _ => 0,
+        };
+        if window > 0 {
+            policies.push_str(&format!(", {};w={window}", limit.requests_per_unit));
+            let quotable = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+            if !limit.name.is_empty() && limit.name.bytes().all(quotable) {
+                policies.push_str(&format!(";name=\"{}\"", limit.name));
+            }
+        }
+    }
+    let Some((s, limit)) = closest else {
+        return Vec::new();
+    };
+    let reset = s.duration_until_reset.as_ref().map_or(0, |d| d.seconds);
+    vec![
+        (
+            "x-ratelimit-limit".to_owned(),
+            format!("{}{policies}", limit.requests_per_unit),
+        ),
+        (
+            "x-ratelimit-remaining".to_owned(),
+            s.limit_remaining.to_string(),
+        ),
+        ("x-ratelimit-reset".to_owned(), reset.to_string()),
+    ]
+}
+
+fn ceil_millis(d: &pb::Duration) -> u64 {
+    let s = u64::try_from(d.seconds).unwrap_or(0);
+    let nanos = u64::try_from(d.nanos).unwrap_or(0);
+    s.saturating_mul(1000)
+        .saturating_add(nanos.div_ceil(1_000_000))
 }
 
 fn ceil_seconds(d: &pb::Duration) -> u64 {
@@ -457,7 +537,7 @@ mod tests {
         }
         .encode_to_vec();
         assert_eq!(
-            decode_response(&bytes, &[]),
+            decode_response(&bytes, Reading::default()),
             Ok(Verdict::Ok {
                 request_headers: vec![("x-checked".into(), "yes".into())],
                 response_headers: vec![("x-ratelimit-remaining".into(), "4".into())],
@@ -484,9 +564,10 @@ mod tests {
         }
         .encode_to_vec();
         assert_eq!(
-            decode_response(&bytes, &[]),
+            decode_response(&bytes, Reading::default()),
             Ok(Verdict::OverLimit {
                 retry_after: 13,
+                retry_after_ms: 12_001,
                 response_headers: vec![("x-a".into(), "1".into())],
                 shadow_over: vec![],
             })
@@ -507,7 +588,7 @@ mod tests {
             }
             .encode_to_vec();
             assert!(matches!(
-                decode_response(&bytes, &[]),
+                decode_response(&bytes, Reading::default()),
                 Ok(Verdict::OverLimit { retry_after: 1, .. })
             ));
         }
@@ -527,7 +608,7 @@ mod tests {
         .encode_to_vec();
         let Ok(Verdict::OverLimit {
             response_headers, ..
-        }) = decode_response(&bytes, &[])
+        }) = decode_response(&bytes, Reading::default())
         else {
             panic!()
         };
@@ -536,9 +617,12 @@ mod tests {
 
     #[test]
     fn unusable_replies_are_errors() {
-        assert_eq!(decode_response(&[], &[]), Err(RlsError::UnknownCode(0)));
         assert_eq!(
-            decode_response(&[0xff, 0xff, 0xff], &[]),
+            decode_response(&[], Reading::default()),
+            Err(RlsError::UnknownCode(0))
+        );
+        assert_eq!(
+            decode_response(&[0xff, 0xff, 0xff], Reading::default()),
             Err(RlsError::Undecodable)
         );
         let bytes = pb::RateLimitResponse {
@@ -546,6 +630,117 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        assert_eq!(decode_response(&bytes, &[]), Err(RlsError::UnknownCode(9)));
+        assert_eq!(
+            decode_response(&bytes, Reading::default()),
+            Err(RlsError::UnknownCode(9))
+        );
+    }
+
+    fn limited(
+        code: i32,
+        limit: (u32, i32, &str),
+        remaining: u32,
+        reset: i64,
+    ) -> pb::DescriptorStatus {
+        pb::DescriptorStatus {
+            code,
+            current_limit: Some(pb::RateLimit {
+                requests_per_unit: limit.0,
+                unit: limit.1,
+                name: limit.2.into(),
+            }),
+            limit_remaining: remaining,
+            duration_until_reset: Some(pb::Duration {
+                seconds: reset,
+                nanos: 900_000_000,
+            }),
+        }
+    }
+
+    fn draft03(statuses: Vec<pb::DescriptorStatus>, shadow: &[bool]) -> Headers {
+        let bytes = pb::RateLimitResponse {
+            overall_code: CODE_OK,
+            statuses,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let reading = Reading {
+            shadow,
+            ratelimit_headers: true,
+        };
+        match decode_response(&bytes, reading) {
+            Ok(Verdict::Ok {
+                response_headers, ..
+            }) => response_headers,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn h(list: &[(&str, &str)]) -> Headers {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn draft03_headers_as_envoy_computes_them() {
+        // The status with the fewest hits left gives the values; each
+        // limit with a window adds its quota policy, named when it is.
+        let got = draft03(
+            vec![
+                limited(CODE_OK, (1, 2, "first"), 2, 3),
+                limited(CODE_OK, (4, 3, "second"), 5, 6),
+            ],
+            &[],
+        );
+        assert_eq!(
+            got,
+            h(&[
+                (
+                    "x-ratelimit-limit",
+                    r#"1, 1;w=60;name="first", 4;w=3600;name="second""#
+                ),
+                ("x-ratelimit-remaining", "2"),
+                ("x-ratelimit-reset", "3"),
+            ])
+        );
+        // The first of equals wins; a status without a limit is skipped; a
+        // unit without a window (WEEK, UNKNOWN) adds no policy; a name that
+        // cannot be quoted is left out.
+        let mut no_limit = limited(CODE_OK, (9, 2, ""), 0, 1);
+        no_limit.current_limit = None;
+        let got = draft03(
+            vec![
+                no_limit,
+                limited(CODE_OK, (10, 7, "week"), 1, 100),
+                limited(CODE_OK, (20, 4, "bad\"name"), 1, 200),
+            ],
+            &[],
+        );
+        assert_eq!(
+            got,
+            h(&[
+                ("x-ratelimit-limit", "10, 20;w=86400"),
+                ("x-ratelimit-remaining", "1"),
+                ("x-ratelimit-reset", "100"),
+            ])
+        );
+        // Nothing limited: no headers.
+        let mut bare = limited(CODE_OK, (1, 2, ""), 0, 0);
+        bare.current_limit = None;
+        assert!(draft03(vec![bare], &[]).is_empty());
+        // A shadow descriptor's status is left out.
+        let got = draft03(
+            vec![
+                limited(CODE_OK, (3, 2, ""), 0, 9),
+                limited(CODE_OK, (60, 2, ""), 59, 9),
+            ],
+            &[true, false],
+        );
+        assert_eq!(
+            got[0],
+            ("x-ratelimit-limit".to_owned(), "60, 60;w=60".to_owned())
+        );
+        assert_eq!(got[1].1, "59");
     }
 }

@@ -293,18 +293,19 @@ proptest! {
             Ok(())
         };
 
-        let r = reply::over_limit(&cfg.over_limit, &Ids::Single(id.as_ref().map(text)), retry_after, vec![]);
+        let retry = (retry_after, retry_after.saturating_mul(1000));
+        let r = reply::over_limit(&cfg.over_limit, &Ids::Single(id.as_ref().map(text)), retry, vec![]);
         prop_assert_eq!(r.status, 429);
         let v: Value = serde_json::from_str(&r.body).unwrap();
         check(&v)?;
         prop_assert_eq!(id_texts(&r.body), vec![id.as_ref().map(|v| text(v).into_string())]);
-        let retry = retry_after.to_string();
-        prop_assert!(r.headers.iter().any(|(k, val)| k == "retry-after" && *val == retry));
+        let header = retry_after.to_string();
+        prop_assert!(r.headers.iter().any(|(k, val)| k == "retry-after" && *val == header));
 
         let r = reply::over_limit(
             &cfg.over_limit,
             &Ids::Batch(batch.iter().map(text).collect()),
-            retry_after,
+            retry,
             vec![],
         );
         let v: Value = serde_json::from_str(&r.body).unwrap();

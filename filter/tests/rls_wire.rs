@@ -184,9 +184,10 @@ fn replies_built_with_the_generated_types_decode() {
     }
     .encode_to_vec();
     assert_eq!(
-        rls::decode_response(&over, &[]),
+        rls::decode_response(&over, rls::Reading::default()),
         Ok(Verdict::OverLimit {
             retry_after: 13,
+            retry_after_ms: 12_250,
             response_headers: vec![("x-ratelimit-limit".to_owned(), "3".to_owned())],
             shadow_over: vec![],
         })
@@ -203,7 +204,7 @@ fn replies_built_with_the_generated_types_decode() {
     }
     .encode_to_vec();
     assert_eq!(
-        rls::decode_response(&ok, &[]),
+        rls::decode_response(&ok, rls::Reading::default()),
         Ok(Verdict::Ok {
             request_headers: vec![("x-checked".to_owned(), "yes".to_owned())],
             response_headers: vec![],

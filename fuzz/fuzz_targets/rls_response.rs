@@ -8,10 +8,10 @@ use mcp_ratelimit::rls::{self, pb, RlsError, Verdict};
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
-    let verdict = rls::decode_response(data, &[]);
+    let verdict = rls::decode_response(data, rls::Reading::default());
     assert_eq!(
         verdict,
-        rls::decode_response(data, &[]),
+        rls::decode_response(data, rls::Reading::default()),
         "decoding is deterministic"
     );
     let Ok(msg) = pb::RateLimitResponse::decode(data) else {
@@ -24,7 +24,13 @@ fuzz_target!(|data: &[u8]| {
         let over: Vec<usize> = (0..msg.statuses.len())
             .filter(|i| msg.statuses[*i].code == rls::CODE_OVER_LIMIT)
             .collect();
-        match rls::decode_response(data, &vec![true; msg.statuses.len()]) {
+        match rls::decode_response(
+            data,
+            rls::Reading {
+                shadow: &vec![true; msg.statuses.len()],
+                ratelimit_headers: false,
+            },
+        ) {
             Ok(Verdict::Ok { shadow_over, .. }) => assert_eq!(shadow_over, over),
             Ok(Verdict::OverLimit { shadow_over, .. }) => {
                 assert!(over.is_empty(), "a shadow OVER_LIMIT denied");
@@ -47,9 +53,13 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(Verdict::OverLimit {
             retry_after,
+            retry_after_ms,
             response_headers,
             shadow_over,
         }) => {
+            // The same reset in milliseconds: within the second it rounds to.
+            assert!(retry_after_ms >= 1);
+            assert!(retry_after_ms.div_ceil(1000) == retry_after || retry_after_ms == u64::MAX || retry_after == 1);
             assert!(shadow_over.is_empty(), "no descriptor is shadow");
             assert_eq!(msg.overall_code, rls::CODE_OVER_LIMIT);
             assert!(retry_after >= 1, "Retry-After must be at least 1");

@@ -281,3 +281,76 @@ fn invented_tool_names_share_one_bucket_or_are_refused() {
     assert_eq!(s.up.requests().unwrap(), 0);
     assert_passed(&s.post(&tools_call(8, "search_docs")), 8, "search_docs");
 }
+
+/// `ratelimit_headers: draft03` gives the `x-ratelimit-*` headers Envoy's
+/// own ratelimit filter gives with `enable_x_ratelimit_headers:
+/// DRAFT_VERSION_03`: the two side by side, each in front of its own dev-rls
+/// with the same limits, answer the same calls with the same headers,
+/// allowed and denied. `retry_after_ms` adds `data.retryAfterMs`.
+#[test]
+fn draft03_headers_match_envoys_own_ratelimit_filter() {
+    let limits = e2e::fixtures::limits(3, 1000);
+    let plugin = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,
+        "ratelimit_headers":"draft03","over_limit":{"retry_after_ms":true}}"#;
+    let ours = Stack::start(plugin, &limits);
+    let native_rls = e2e::DevRls::start(&[&limits]).unwrap();
+    let native_up = e2e::McpUpstream::start().unwrap();
+    let template =
+        std::fs::read_to_string(e2e::Paths::discover().root.join("bench/envoy-native.yaml"))
+            .unwrap();
+    let yaml = e2e::render(
+        &template,
+        &[
+            ("port_value: 10000", "port_value: 0".to_owned()),
+            ("port_value: 9901", "port_value: 0".to_owned()),
+            (
+                "port_value: 8081",
+                format!("port_value: {}", native_rls.port()),
+            ),
+            (
+                "port_value: 8082",
+                format!("port_value: {}", native_up.port()),
+            ),
+            (
+                "timeout: 0.1s",
+                "timeout: 1s\n              enable_x_ratelimit_headers: DRAFT_VERSION_03"
+                    .to_owned(),
+            ),
+        ],
+    )
+    .unwrap();
+    let native = e2e::Envoy::start(&yaml).unwrap();
+    let native_addr = native.listener_addr().unwrap();
+    let accept = [("accept", "application/json, text/event-stream")];
+    let triple = |r: &Response| {
+        [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ]
+        .map(|h| r.header(h).map(str::to_owned))
+    };
+    for id in 1..=4 {
+        let body = tools_call(id, "search_docs");
+        let a = ours.post_with(&body, &accept);
+        let b = e2e::post_json(native_addr, "/mcp", &body, &accept).unwrap();
+        assert_eq!(a.status, b.status, "call {id}: {a:?}\n{b:?}");
+        assert_eq!(triple(&a), triple(&b), "call {id}");
+        let remaining = 3u64.saturating_sub(id).to_string();
+        assert_eq!(
+            triple(&a),
+            [
+                Some("3, 3;w=86400".to_owned()),
+                Some(remaining),
+                Some(DAY_LEFT.to_string())
+            ],
+            "call {id}"
+        );
+        if id == 4 {
+            assert_eq!(
+                a.json()["error"]["data"],
+                json!({"retryAfterSeconds": DAY_LEFT, "retryAfterMs": DAY_LEFT * 1000})
+            );
+        }
+    }
+}

@@ -416,7 +416,7 @@ fn expected_outcome(reply: &RlsReply, status: u32, body: Option<&[u8]>) -> Outco
         Outcome::Failed
     } else {
         // No configuration here has shadow descriptors.
-        match rls::decode_response(body.unwrap_or_default(), &[]) {
+        match rls::decode_response(body.unwrap_or_default(), rls::Reading::default()) {
             Ok(Verdict::Ok {
                 request_headers,
                 response_headers,

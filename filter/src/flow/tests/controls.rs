@@ -223,7 +223,10 @@ fn cost_bounds_are_checked() {
         (r#""unknown_tools":"other""#, "unknown_tools"),
         (r#""tools":["a"],"unknown_tools":"drop""#, "unknown_tools"),
         (r#""shadow":"yes""#, "shadow"),
-        (r#""tools":["a"],"tool_costs":{"b":2}"#, "`tool_costs` names b, which `tools` does not list"),
+        (
+            r#""tools":["a"],"tool_costs":{"b":2}"#,
+            "`tool_costs` names b, which `tools` does not list",
+        ),
     ] {
         let text = format!(r#"{{"domain":"d","rls_cluster":"r",{json}}}"#);
         let msg = Config::parse(text.as_bytes()).unwrap_err().to_string();
@@ -325,4 +328,87 @@ fn no_shadow_bookkeeping_without_shadow_descriptors() {
         panic!("not awaiting");
     };
     assert!(call.sent.is_empty() && call.target.is_none());
+}
+
+#[test]
+fn draft03_headers_and_retry_after_ms() {
+    let c = cfg(
+        r#"{"domain":"mcp","rls_cluster":"r","ratelimit_headers":"draft03","over_limit":{"retry_after_ms":true}}"#,
+    );
+    assert!(c.ratelimit_headers && c.over_limit.retry_after_ms);
+    let limited = |code: i32, remaining: u32| pb::DescriptorStatus {
+        code,
+        current_limit: Some(pb::RateLimit {
+            requests_per_unit: 3,
+            unit: 2,
+            name: String::new(),
+        }),
+        limit_remaining: remaining,
+        duration_until_reset: Some(pb::Duration {
+            seconds: 41,
+            nanos: 500_000_000,
+        }),
+    };
+    let host = MockHost::post_json();
+    // Allowed: the headers go on the response.
+    let mut flow = Flow::new(c.clone());
+    let step = answer(
+        &mut flow,
+        &host,
+        &call("search_docs"),
+        &reply_with(1, vec![limited(1, 2)]),
+    );
+    assert_eq!(step, Step::go());
+    assert_eq!(
+        flow.response_headers(),
+        vec![
+            ("x-ratelimit-limit".to_owned(), "3, 3;w=60".to_owned()),
+            ("x-ratelimit-remaining".to_owned(), "2".to_owned()),
+            ("x-ratelimit-reset".to_owned(), "41".to_owned()),
+        ]
+    );
+    // Denied: the same headers, and the reset in milliseconds.
+    let mut flow = Flow::new(c);
+    let Step::Reply(r) = answer(
+        &mut flow,
+        &host,
+        &call("search_docs"),
+        &reply_with(2, vec![limited(2, 0)]),
+    ) else {
+        panic!("not denied");
+    };
+    assert!(
+        r.body
+            .ends_with(r#""data":{"retryAfterSeconds":42,"retryAfterMs":41500}}}"#),
+        "{}",
+        r.body
+    );
+    assert!(r
+        .headers
+        .contains(&("x-ratelimit-remaining".to_owned(), "0".to_owned())));
+    assert!(r
+        .headers
+        .contains(&("retry-after".to_owned(), "42".to_owned())));
+    // Off by default.
+    let host = MockHost::post_json();
+    let mut flow = Flow::new(cfg(BASIC));
+    answer(
+        &mut flow,
+        &host,
+        &call("search_docs"),
+        &reply_with(1, vec![limited(1, 2)]),
+    );
+    assert!(flow.response_headers().is_empty());
+    for (json, key) in [
+        (r#""ratelimit_headers":"draft04""#, "ratelimit_headers"),
+        (r#""over_limit":{"retry_after_ms":"yes"}"#, "retry_after_ms"),
+        (
+            r#""rls_failure":{"retry_after_ms":true}"#,
+            "rls_failure.retry_after_ms",
+        ),
+    ] {
+        let text = format!(r#"{{"domain":"d","rls_cluster":"r",{json}}}"#);
+        let msg = Config::parse(text.as_bytes()).unwrap_err().to_string();
+        assert!(msg.contains(key), "{json}: {msg}");
+    }
 }
