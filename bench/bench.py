@@ -95,7 +95,16 @@ def configs(rls_ports, up_port, listen, admin, wasm):
             text = text.replace(a, f"port_value: {b}")
         return text.replace("filename: target/mcp_ratelimit.wasm", f"filename: {wasm}")
 
+    # The shipped config writes an access log line per request with the
+    # filter's record (`filter_state`); the native peer's config logs
+    # nothing. Both are measured without logging, the filter in its default
+    # configuration.
     shipped = (ROOT / "envoy/envoy.yaml").read_text()
+    log_start = shipped.index("          access_log:\n")
+    log_end = shipped.index("          route_config:", log_start)
+    shipped = shipped[:log_start] + shipped[log_end:]
+    assert ',\n                      "filter_state": true' in shipped
+    shipped = shipped.replace(',\n                      "filter_state": true', "")
     block_start = shipped.index("                  value: |\n") + len("                  value: |\n")
     block_end = shipped.index("\n                    }\n", block_start) + len("\n                    }\n")
     fast = shipped[:block_start] + "                    " + FAST_PLUGIN + "\n" + shipped[block_end:]

@@ -57,6 +57,8 @@ pub struct Config {
     /// Add `x-ratelimit-*` headers (draft 03) computed from the service's
     /// statuses, as Envoy's ratelimit filter does.
     pub ratelimit_headers: bool,
+    /// Record what the access log may show as Envoy filter state.
+    pub filter_state: bool,
     pub over_limit: Reply,
     pub rls_failure: Reply,
     /// Header names that some descriptor reads (lowercase).
@@ -233,6 +235,8 @@ struct RawConfig {
     unknown_tools: Option<UnknownTools>,
     #[serde(default, deserialize_with = "de_ratelimit_headers")]
     ratelimit_headers: Option<RateLimitHeaders>,
+    #[serde(default, deserialize_with = "de_filter_state")]
+    filter_state: bool,
     #[serde(default, deserialize_with = "de_over_limit")]
     over_limit: RawReply,
     #[serde(default, deserialize_with = "de_rls_failure")]
@@ -272,6 +276,7 @@ named! {
     de_on_missing: Option<OnMissing> = "on_missing";
     de_ratelimit_headers: Option<RateLimitHeaders> = "ratelimit_headers";
     de_retry_after_ms: Option<bool> = "retry_after_ms";
+    de_filter_state: bool = "filter_state";
     de_descriptor_shadow: Option<bool> = "shadow";
     de_descriptor_cost: Option<bool> = "cost";
     de_over_limit: RawReply = "over_limit";
@@ -450,6 +455,7 @@ impl Config {
             tools,
             unknown_tools: raw.unknown_tools.unwrap_or(UnknownTools::Other),
             ratelimit_headers: raw.ratelimit_headers == Some(RateLimitHeaders::Draft03),
+            filter_state: raw.filter_state,
             over_limit,
             rls_failure,
             headers_used,

@@ -177,6 +177,24 @@ pub struct Flow {
     req: Req,
 }
 
+/// What the access log gets to see of a request, as Envoy filter state
+/// (`filter_state`); empty without it, and for requests the filter does
+/// not judge.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    /// The JSON-RPC method (`batch` for a batch).
+    pub method: Option<String>,
+    /// The resolved target: tool (meta-tools unwrapped), prompt or resource.
+    pub target: Option<String>,
+    /// `allowed`, `shadow`, `denied`, `refused`, `error` or `not_limited`.
+    pub verdict: Option<&'static str>,
+    /// Why: the counter of a refusal, `fail_open` or `fail_closed` for an
+    /// error.
+    pub reason: Option<&'static str>,
+    /// The descriptor that denied.
+    pub descriptor: Option<String>,
+}
+
 /// What the flow knows of its request besides the state.
 struct Req {
     cfg: Rc<Config>,
@@ -187,6 +205,7 @@ struct Req {
     /// Body bytes buffered so far, and whether the body has ended.
     body_size: usize,
     body_done: bool,
+    record: Record,
 }
 
 /// A handler's result: the next state and what the glue must do.
@@ -202,6 +221,7 @@ impl Flow {
                 declared: None,
                 body_size: 0,
                 body_done: false,
+                record: Record::default(),
             },
         }
     }
@@ -331,6 +351,11 @@ impl Flow {
         self.state == State::Responded
     }
 
+    /// What the access log gets to see (see [`Record`]).
+    pub fn record(&self) -> &Record {
+        &self.req.record
+    }
+
     /// Whether the request is waiting for the rate-limit service.
     pub fn awaiting(&self) -> Option<u32> {
         match self.state {
@@ -356,12 +381,22 @@ impl Req {
         }
     }
 
-    fn refuse(&self, host: &impl Host, counter: Counter, reply: LocalReply) -> Next {
+    fn refuse(&mut self, host: &impl Host, counter: Counter, reply: LocalReply) -> Next {
         host.count(counter);
+        let reason = counter.name().strip_prefix("mcp_ratelimit.");
+        self.decided("refused", reason);
         (State::Responded, Step::Reply(reply))
     }
 
-    fn too_large(&self, host: &impl Host) -> Next {
+    /// Notes the verdict for the access log.
+    fn decided(&mut self, verdict: &'static str, reason: Option<&'static str>) {
+        if self.cfg.filter_state {
+            self.record.verdict = Some(verdict);
+            self.record.reason = reason;
+        }
+    }
+
+    fn too_large(&mut self, host: &impl Host) -> Next {
         self.refuse(host, Counter::BodyTooLarge, reply::too_large(self.max()))
     }
 
@@ -487,6 +522,9 @@ impl Req {
             return None;
         }
         host.count(Counter::FastPath);
+        if self.cfg.filter_state {
+            note(&mut self.record, &body);
+        }
         Some(self.follow(plan, None, host))
     }
 
@@ -572,6 +610,9 @@ impl Req {
             Err(e) => return self.refuse(host, Counter::ParseError, parse_error(e)),
         };
         host.count(Counter::Inspected);
+        if self.cfg.filter_state {
+            note(&mut self.record, &parsed);
+        }
         if self.cfg.validate_mcp_headers {
             if let Err(m) = mcp_headers::check(&self.mcp, &parsed, &self.cfg.param_headers) {
                 let id = match &parsed {
@@ -602,12 +643,15 @@ impl Req {
     /// Carries out a plan: `body` is `None` on the header fast path.
     fn follow(&mut self, plan: Plan, body: Option<&Body<'_>>, host: &impl Host) -> Next {
         match plan {
-            Plan::Pass => (
-                State::Allowed {
-                    response_headers: Vec::new(),
-                },
-                Step::go(),
-            ),
+            Plan::Pass => {
+                self.decided("not_limited", None);
+                (
+                    State::Allowed {
+                        response_headers: Vec::new(),
+                    },
+                    Step::go(),
+                )
+            }
             Plan::Refuse(counter, reply) => self.refuse(host, counter, reply),
             Plan::Call {
                 payload,
@@ -655,9 +699,17 @@ impl Req {
             Ok(Verdict::Ok {
                 request_headers,
                 response_headers,
-                ..
+                shadow_over,
             }) => {
                 host.count(Counter::Ok);
+                self.decided(
+                    if shadow_over.is_empty() {
+                        "allowed"
+                    } else {
+                        "shadow"
+                    },
+                    None,
+                );
                 (
                     State::Allowed { response_headers },
                     Step::Continue(request_headers),
@@ -667,9 +719,17 @@ impl Req {
                 retry_after,
                 retry_after_ms,
                 response_headers,
+                denied_by,
                 ..
             }) => {
                 host.count(Counter::OverLimit);
+                self.decided("denied", None);
+                if self.cfg.filter_state {
+                    self.record.descriptor = denied_by
+                        .and_then(|i| call.sent.get(i))
+                        .and_then(|d| self.cfg.descriptors.get(*d))
+                        .map(|d| d.name.clone());
+                }
                 let pending = Pending::OverLimit {
                     retry_after,
                     retry_after_ms,
@@ -686,6 +746,12 @@ impl Req {
 
     fn failed(&mut self, ids: Option<Ids>, host: &impl Host) -> Next {
         host.count(Counter::Error);
+        let mode = if self.cfg.failure_mode_deny {
+            "fail_closed"
+        } else {
+            "fail_open"
+        };
+        self.decided("error", Some(mode));
         if self.cfg.failure_mode_deny {
             self.deny(Pending::Failure, ids)
         } else {
@@ -743,6 +809,18 @@ impl Req {
             Pending::Failure => reply::rls_failure(&self.cfg.rls_failure, ids),
         }
     }
+}
+
+/// Notes what a request is, for the access log.
+fn note(record: &mut Record, body: &Body<'_>) {
+    record.method = match body {
+        Body::Batch(_) => Some("batch".to_owned()),
+        Body::Single(r) => r.method.as_ref().map(|m| m.to_string()),
+    };
+    record.target = body.requests().iter().find_map(|r| match &r.target {
+        Some(Target::Tool(t) | Target::Prompt(t) | Target::Resource(t)) => Some(t.to_string()),
+        None => None,
+    });
 }
 
 /// The ids a denial answers.
@@ -956,7 +1034,7 @@ fn plan(cfg: &Config, body: &Body<'_>, mcp: &McpHeaders, host: &impl Host) -> Pl
     let shadowed = descriptors
         .iter()
         .any(|(k, _)| cfg.descriptors.get(*k).is_some_and(|d| d.shadow));
-    let (sent, target) = if shadowed {
+    let (sent, target) = if shadowed || cfg.filter_state {
         let target = body.requests().iter().find_map(|r| match &r.target {
             Some(Target::Tool(t) | Target::Prompt(t) | Target::Resource(t)) => Some(t.to_string()),
             None => r.method.as_ref().map(|m| m.to_string()),

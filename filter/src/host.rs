@@ -116,6 +116,9 @@ impl RootContext for Root {
                 id: context_id,
                 metrics: self.metrics.clone(),
             },
+            dispatched_at: None,
+            rls_ms: None,
+            recorded: false,
         })
     }
 }
@@ -125,6 +128,12 @@ struct Stream {
     flow: Flow,
     cfg: Rc<Config>,
     env: Env,
+    /// With `filter_state`: when the rate-limit call left, and how long it
+    /// took (milliseconds, three decimals).
+    dispatched_at: Option<u64>,
+    rls_ms: Option<String>,
+    /// The record has been written as filter state.
+    recorded: bool,
 }
 
 /// The host as the flow sees it. A read the host fails is taken as absent.
@@ -198,6 +207,7 @@ impl Stream {
         loop {
             step = match step {
                 Step::Continue(headers) => {
+                    self.write_record();
                     for (k, v) in &headers {
                         if let Err(e) =
                             hostcalls::add_header(MapType::RequestHeaders, k, v.as_bytes())
@@ -231,6 +241,9 @@ impl Stream {
                     ) {
                         Ok(token) => {
                             log::debug!("[{}] rate-limit call dispatched (token {token})", self.id);
+                            if self.cfg.filter_state {
+                                self.dispatched_at = hostcalls::now_nanos().ok();
+                            }
                             self.flow.on_dispatched(token, &self.env);
                             Step::Pause
                         }
@@ -245,10 +258,36 @@ impl Stream {
                     }
                 }
                 Step::Reply(reply) => {
+                    self.write_record();
                     self.reply(&reply);
                     return Action::Pause;
                 }
             };
+        }
+    }
+
+    /// With `filter_state`, once the request is decided: what the access
+    /// log may show, as filter state `wasm.mcp_ratelimit.<field>`.
+    fn write_record(&mut self) {
+        let record = self.flow.record();
+        if !self.cfg.filter_state || self.recorded || record.verdict.is_none() {
+            return;
+        }
+        self.recorded = true;
+        let fields = [
+            ("mcp_ratelimit.method", record.method.as_deref()),
+            ("mcp_ratelimit.target", record.target.as_deref()),
+            ("mcp_ratelimit.verdict", record.verdict),
+            ("mcp_ratelimit.reason", record.reason),
+            ("mcp_ratelimit.descriptor", record.descriptor.as_deref()),
+            ("mcp_ratelimit.rls_ms", self.rls_ms.as_deref()),
+        ];
+        for (name, value) in fields {
+            if let Some(v) = value {
+                if let Err(e) = hostcalls::set_property(&[name], v.as_bytes()) {
+                    log::debug!("[{}] cannot set {name}: {e}", self.id);
+                }
+            }
         }
     }
 
@@ -335,6 +374,10 @@ impl StreamContext for Stream {
             );
             None
         };
+        if let (Some(at), Ok(now)) = (self.dispatched_at.take(), hostcalls::now_nanos()) {
+            let micros = now.saturating_sub(at) / 1000;
+            self.rls_ms = Some(format!("{}.{:03}", micros / 1000, micros % 1000));
+        }
         let step = self
             .flow
             .on_rls_response(token, status, body.as_deref(), &self.env);

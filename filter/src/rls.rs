@@ -239,6 +239,9 @@ pub enum Verdict {
         retry_after_ms: u64,
         response_headers: Headers,
         shadow_over: Vec<usize>,
+        /// The position of the first descriptor that denied, when the
+        /// statuses line up with the descriptors sent.
+        denied_by: Option<usize>,
     },
 }
 
@@ -297,12 +300,12 @@ pub fn decode_response(bytes: &[u8], reading: Reading<'_>) -> Result<Verdict, Rl
             shadow_over,
         }),
         CODE_OVER_LIMIT => {
-            let denying: Vec<&pb::DescriptorStatus> = resp
-                .statuses
+            let denying_at: Vec<usize> = (0..resp.statuses.len())
+                .filter(|i| !is_shadow(*i) && resp.statuses.get(*i).is_some_and(|s| over(&s)))
+                .collect();
+            let denying: Vec<&pb::DescriptorStatus> = denying_at
                 .iter()
-                .enumerate()
-                .filter(|(i, s)| !is_shadow(*i) && over(s))
-                .map(|(_, s)| s)
+                .filter_map(|i| resp.statuses.get(*i))
                 .collect();
             if aligned && denying.is_empty() && !shadow_over.is_empty() {
                 // Only shadow descriptors are over their limits.
@@ -318,11 +321,13 @@ pub fn decode_response(bytes: &[u8], reading: Reading<'_>) -> Result<Verdict, Rl
                 .max_by_key(|d| (d.seconds, d.nanos));
             let retry_after = longest.map_or(0, ceil_seconds).max(1);
             let retry_after_ms = longest.map_or(0, ceil_millis).max(1);
+            let lined_up = resp.statuses.len() == shadow.len();
             Ok(Verdict::OverLimit {
                 retry_after,
                 retry_after_ms,
                 response_headers,
                 shadow_over,
+                denied_by: denying_at.first().copied().filter(|_| lined_up),
             })
         }
         other => Err(RlsError::UnknownCode(other)),
@@ -570,6 +575,7 @@ mod tests {
                 retry_after_ms: 12_001,
                 response_headers: vec![("x-a".into(), "1".into())],
                 shadow_over: vec![],
+                denied_by: None,
             })
         );
     }

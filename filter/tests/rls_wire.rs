@@ -190,6 +190,7 @@ fn replies_built_with_the_generated_types_decode() {
             retry_after_ms: 12_250,
             response_headers: vec![("x-ratelimit-limit".to_owned(), "3".to_owned())],
             shadow_over: vec![],
+            denied_by: None,
         })
     );
     let ok = RateLimitResponse {

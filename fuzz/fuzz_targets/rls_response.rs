@@ -56,7 +56,10 @@ fuzz_target!(|data: &[u8]| {
             retry_after_ms,
             response_headers,
             shadow_over,
+            denied_by,
         }) => {
+            // Nothing was said about the descriptors sent: no position.
+            assert_eq!(denied_by, None);
             // The same reset in milliseconds: within the second it rounds to.
             assert!(retry_after_ms >= 1);
             assert!(retry_after_ms.div_ceil(1000) == retry_after || retry_after_ms == u64::MAX || retry_after == 1);

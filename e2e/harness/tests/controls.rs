@@ -354,3 +354,96 @@ fn draft03_headers_match_envoys_own_ratelimit_filter() {
         }
     }
 }
+
+/// With `filter_state`, the access log of the shipped `envoy/envoy.yaml`
+/// shows for each request its method, its resolved target (`call_tool`
+/// unwrapped), the verdict and its reason, the descriptor that denied and
+/// the service's latency.
+#[test]
+fn the_access_log_shows_what_the_filter_decided() {
+    let shipped = e2e::stack::shipped("envoy.yaml").unwrap();
+    assert!(
+        shipped.contains(r#""filter_state": true"#),
+        "the shipped config records nothing"
+    );
+    let plugin = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"filter_state":true,
+        "descriptors":[{"name":"per_tool","entries":[{"key":"tool","mcp":"tool"}]}]}"#;
+    let mut s = Stack::start(plugin, &e2e::fixtures::limits(1, 1000));
+    assert_passed(&s.post(&tools_call(1, "search_docs")), 1, "search_docs");
+    let via = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"call_tool","arguments":{"tool_name":"search_docs","parameters":{}}}}"#;
+    assert_denied(&s.post(via), 2);
+    assert_eq!(
+        s.post(r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#)
+            .status,
+        200
+    );
+    assert_eq!(s.post("not json").status, 400);
+    // Envoy writes the access log out on its flush interval, and on exit.
+    s.envoy.stop().unwrap();
+    let logs = s.envoy.logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"POST /mcp\""))
+        .collect();
+    assert_eq!(lines.len(), 4, "{logs}");
+    let fields = |line: &str| -> Vec<String> {
+        line.split_once("\" ")
+            .map(|(_, rest)| rest.split(' ').map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let rls_ms = |line: &str| -> f64 {
+        let f = fields(line);
+        f.last()
+            .and_then(|v| v.strip_prefix("rls_ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(
+        &fields(lines[0])[..6],
+        [
+            "200",
+            "mcp_method=tools/call",
+            "target=search_docs",
+            "verdict=allowed",
+            "reason=-",
+            "descriptor=-"
+        ]
+    );
+    assert!((0.0..1000.0).contains(&rls_ms(lines[0])), "{}", lines[0]);
+    assert_eq!(
+        &fields(lines[1])[..6],
+        [
+            "429",
+            "mcp_method=tools/call",
+            "target=search_docs",
+            "verdict=denied",
+            "reason=-",
+            "descriptor=per_tool"
+        ]
+    );
+    assert!((0.0..1000.0).contains(&rls_ms(lines[1])), "{}", lines[1]);
+    assert_eq!(
+        fields(lines[2]),
+        [
+            "200",
+            "mcp_method=tools/list",
+            "target=-",
+            "verdict=not_limited",
+            "reason=-",
+            "descriptor=-",
+            "rls_ms=-"
+        ]
+    );
+    assert_eq!(
+        fields(lines[3]),
+        [
+            "400",
+            "mcp_method=-",
+            "target=-",
+            "verdict=refused",
+            "reason=parse_error",
+            "descriptor=-",
+            "rls_ms=-"
+        ]
+    );
+}

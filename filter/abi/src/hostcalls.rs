@@ -64,6 +64,13 @@ host_functions! {
         return_data: *mut *mut u8,
         return_size: *mut usize,
     );
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    );
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64);
     fn proxy_continue_stream(stream_type: u32);
     fn proxy_send_local_response(
         status_code: u32,
@@ -208,6 +215,22 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
         // SAFETY: `path` is valid for the call; the rest as in `buffer`.
         unsafe { proxy_get_property(path.as_ptr(), path.len(), data, size) }
     })
+}
+
+/// Sets a property of the stream; Envoy keeps it as filter state
+/// `wasm.<path>`, which access logs read with `%FILTER_STATE(...)%`.
+pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), HostError> {
+    let path = wire::encode_path(path);
+    // SAFETY: both slices are valid for the call.
+    check(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
+}
+
+/// The host's wall-clock time, in nanoseconds since the Unix epoch.
+pub fn now_nanos() -> Result<u64, HostError> {
+    let mut t = 0u64;
+    // SAFETY: `t` is a valid, writable u64 for the call.
+    check(unsafe { proxy_get_current_time_nanoseconds(&mut t) })?;
+    Ok(t)
 }
 
 /// Resumes a request the filter paused.

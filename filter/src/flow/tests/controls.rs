@@ -412,3 +412,89 @@ fn draft03_headers_and_retry_after_ms() {
         assert!(msg.contains(key), "{json}: {msg}");
     }
 }
+
+#[test]
+fn the_record_says_what_was_decided() {
+    let c = cfg(
+        r#"{"domain":"mcp","rls_cluster":"r","filter_state":true,"descriptors":[
+            {"name":"per_tool","entries":[{"key":"tool","mcp":"tool"}]},
+            {"name":"trial","shadow":true,"entries":[{"key":"tenant","value":"acme"}]}]}"#,
+    );
+    let host = MockHost::post_json();
+    let via = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"call_tool","arguments":{"tool_name":"search_docs"}}}"#;
+    // Denied by per_tool.
+    let mut flow = Flow::new(c.clone());
+    let reply = reply_with(2, vec![status(2, 5), status(1, 5)]);
+    assert!(matches!(
+        answer(&mut flow, &host, via, &reply),
+        Step::Reply(_)
+    ));
+    assert_eq!(
+        flow.record(),
+        &Record {
+            method: Some("tools/call".into()),
+            target: Some("search_docs".into()),
+            verdict: Some("denied"),
+            reason: None,
+            descriptor: Some("per_tool".into()),
+        }
+    );
+    // Over the shadow limit only.
+    let mut flow = Flow::new(c.clone());
+    let reply = reply_with(2, vec![status(1, 5), status(2, 5)]);
+    answer(&mut flow, &host, &call("get_weather"), &reply);
+    assert_eq!(flow.record().verdict, Some("shadow"));
+    assert_eq!(flow.record().descriptor, None);
+    // Allowed.
+    let mut flow = Flow::new(c.clone());
+    answer(
+        &mut flow,
+        &host,
+        &call("get_weather"),
+        &reply_with(1, vec![status(1, 5), status(1, 5)]),
+    );
+    assert_eq!(flow.record().verdict, Some("allowed"));
+    // The service failed, fail-open.
+    let mut flow = Flow::new(c.clone());
+    drive(&mut flow, &host, &call("get_weather"));
+    flow.on_dispatched(7, &host);
+    flow.on_rls_response(7, 14, None, &host);
+    assert_eq!(
+        (flow.record().verdict, flow.record().reason),
+        (Some("error"), Some("fail_open"))
+    );
+    // Refused before any call.
+    let mut flow = Flow::new(c.clone());
+    drive(&mut flow, &host, "not json");
+    assert_eq!(
+        (flow.record().verdict, flow.record().reason),
+        (Some("refused"), Some("parse_error"))
+    );
+    // A batch; a message no descriptor applies to... the shadow one does.
+    let mut flow = Flow::new(c.clone());
+    let body = batch(&[call_id(1, "a"), call_id(2, "b")]);
+    drive(&mut flow, &host, &body);
+    assert_eq!(flow.record().method.as_deref(), Some("batch"));
+    assert_eq!(flow.record().target.as_deref(), Some("a"));
+    // Nothing recorded without filter_state.
+    let mut flow = Flow::new(cfg(BASIC));
+    answer(
+        &mut flow,
+        &host,
+        &call("x"),
+        &reply_with(2, vec![status(2, 5)]),
+    );
+    assert_eq!(flow.record(), &Record::default());
+    // Not limited: no descriptor applies.
+    let mut flow = Flow::new(cfg(
+        r#"{"domain":"mcp","rls_cluster":"r","filter_state":true}"#,
+    ));
+    let step = drive(
+        &mut flow,
+        &host,
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#,
+    );
+    assert_eq!(step, Step::go());
+    assert_eq!(flow.record().verdict, Some("not_limited"));
+    assert_eq!(flow.record().method.as_deref(), Some("tools/list"));
+}
