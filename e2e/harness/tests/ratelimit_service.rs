@@ -258,6 +258,44 @@ fn the_service_counts_each_call_at_its_cost() {
     assert_eq!(p.count("get_weather", end), 1);
 }
 
+/// A shadow descriptor over its limit at envoyproxy/ratelimit does not
+/// deny; the enforced one does, and the draft-03 headers come from the
+/// service's own statuses.
+#[test]
+fn shadow_limits_and_ratelimit_headers_with_the_service() {
+    let plugin = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":3000,
+        "failure_mode_deny":true,"ratelimit_headers":"draft03","descriptors":[
+        {"name":"per_tool","entries":[{"key":"tool","mcp":"tool"}]},
+        {"name":"trial","shadow":true,"entries":[{"key":"tool","value":"search_docs"}]}]}"#;
+    let p = Production::start(&[plugin], 1, 1, &RateLimitOptions::default());
+    let end = window_with(60, Duration::from_secs(15));
+    // get_weather: 60 a minute; the trial descriptor (search_docs, 3 a
+    // minute) is over from the 4th call on, and denies nothing.
+    for id in 1..=5 {
+        let t0 = unix_now();
+        let resp = p.post(0, &tools_call(id, "get_weather"));
+        let t1 = unix_now();
+        assert_passed(&resp, id, "get_weather");
+        // The headers leave the shadow descriptor out: the enforced one's.
+        assert_eq!(resp.header("x-ratelimit-limit"), Some("60, 60;w=60"));
+        let remaining = (60 - id).to_string();
+        assert_eq!(
+            resp.header("x-ratelimit-remaining"),
+            Some(remaining.as_str())
+        );
+        let reset: u64 = resp.header("x-ratelimit-reset").unwrap().parse().unwrap();
+        let window_left = |t: f64| 60 - (t.floor() as u64) % 60;
+        assert!(
+            (window_left(t1)..=window_left(t0)).contains(&reset),
+            "{resp:?}"
+        );
+    }
+    assert_eq!(p.stat(0, "shadow_over_limit"), 2);
+    assert_eq!(p.stat(0, "over_limit"), 0);
+    assert_eq!(p.count("get_weather", end), 5);
+    assert_eq!(p.count("search_docs", end), 5);
+}
+
 /// `response_headers_to_add`, as the service fills them when its
 /// `LIMIT_RESPONSE_HEADERS_ENABLED` is on, reach the client on allowed and
 /// denied answers alike.

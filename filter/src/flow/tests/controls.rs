@@ -498,3 +498,37 @@ fn the_record_says_what_was_decided() {
     assert_eq!(flow.record().verdict, Some("not_limited"));
     assert_eq!(flow.record().method.as_deref(), Some("tools/list"));
 }
+
+#[test]
+fn the_fast_path_follows_the_same_controls() {
+    let c = cfg(
+        r#"{"domain":"mcp","rls_cluster":"r","header_fast_path":true,"filter_state":true,
+            "tools":["search_docs"],"tool_costs":{"search_docs":4},
+            "descriptors":[{"name":"budget","entries":[{"key":"tenant","value":"acme"}]},
+                           {"name":"per_tool","cost":false,"entries":[{"key":"tool","mcp":"tool"}]}]}"#,
+    );
+    for (tool, sent_as, cost) in [("search_docs", "search_docs", 4), ("made_up", "_other", 1)] {
+        let host = modern_call(MockHost::post_json(), tool);
+        let mut flow = Flow::new(c.clone());
+        let step = flow.on_request_headers(false, &host);
+        assert_eq!(host.count_of(Counter::FastPath), 1, "{tool}");
+        let req = sent(&step);
+        assert_eq!(
+            entries(&req),
+            vec![
+                vec![("tenant".into(), "acme".into())],
+                vec![("tool".into(), sent_as.into())],
+            ]
+        );
+        assert_eq!(hits(&req), vec![cost, 1]);
+        flow.on_dispatched(1, &host);
+        flow.on_rls_response(
+            1,
+            0,
+            Some(&reply_with(1, vec![status(1, 5), status(1, 5)])),
+            &host,
+        );
+        assert_eq!(flow.record().verdict, Some("allowed"));
+        assert_eq!(flow.record().target.as_deref(), Some(tool));
+    }
+}
