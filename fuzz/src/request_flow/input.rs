@@ -52,6 +52,15 @@ pub const CONFIGS: &[&str] = &[
     r#"{"domain":"s","rls_cluster":"r","max_body_bytes":40,"failure_mode_deny":true,
         "header_fast_path":true,
         "param_headers":[{"tool":"search","argument":"region","header":"Region"}]}"#,
+    // 9. Operator controls: descriptor objects, a missing identity refused
+    //    or defaulted, costs, bounded tool names (refused), filter state,
+    //    the fast path.
+    r#"{"domain":"c","rls_cluster":"r","header_fast_path":true,"filter_state":true,
+        "tools":["search_docs","get_weather"],"unknown_tools":"refuse",
+        "tool_costs":{"search_docs":7},"default_cost":2,
+        "descriptors":[
+          {"name":"u","on_missing":"refuse","entries":[{"key":"user","header":"X-User"},{"key":"tool","mcp":"tool"}]},
+          {"name":"t","cost":false,"entries":[{"key":"tenant","header":"X-Tenant","default":"public"}]}]}"#,
 ];
 
 /// Strings that reach the interesting branches.
