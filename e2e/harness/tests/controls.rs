@@ -10,32 +10,17 @@
     clippy::indexing_slicing
 )]
 
-use e2e::fixtures::tools_call;
+use e2e::fixtures::{assert_called, assert_rate_limited, tools_call, DAY_LEFT};
 use e2e::stack::Stack;
-use e2e::{Response, CLOCK_AT};
+use e2e::Response;
 use serde_json::{json, Value};
 
-/// Seconds from the frozen `CLOCK_AT` to the end of its UTC day.
-const DAY_LEFT: u64 = 86_400 - CLOCK_AT % 86_400;
-
 fn assert_passed(resp: &Response, id: u64, tool: &str) {
-    assert_eq!(resp.status, 200, "id {id}: {resp:?}");
-    assert_eq!(resp.json()["id"], id, "{resp:?}");
-    assert_eq!(
-        resp.json()["result"]["content"][0]["text"],
-        format!("{tool} called"),
-        "{resp:?}"
-    );
+    assert_called(resp, id, tool);
 }
 
 fn assert_denied(resp: &Response, id: u64) {
-    assert_eq!(resp.status, 429, "id {id}: {resp:?}");
-    assert_eq!(
-        resp.text(),
-        format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":429,"message":"Rate limit exceeded","data":{{"retryAfterSeconds":{DAY_LEFT}}}}}}}"#
-        )
-    );
+    assert_rate_limited(resp, id, DAY_LEFT);
 }
 
 fn as_user(s: &Stack, id: u64, tool: &str, user: Option<&str>) -> Response {

@@ -12,7 +12,9 @@
     clippy::indexing_slicing
 )]
 
-use e2e::fixtures::{tools_call, tools_call_with};
+use e2e::fixtures::{
+    assert_missing_identity, assert_rate_limited, tools_call, tools_call_with, DAY_LEFT,
+};
 use e2e::stack::Stack;
 use e2e::{DevRls, Paths, Response, CLOCK_AT};
 use mcp_ratelimit::config::Config;
@@ -32,8 +34,6 @@ const RECIPES: [&str; 7] = [
 
 /// `Retry-After` of a minute limit at the frozen clock.
 const MINUTE_LEFT: u64 = 60 - CLOCK_AT % 60;
-/// `Retry-After` of a day limit at the frozen clock.
-const DAY_LEFT: u64 = 86_400 - CLOCK_AT % 86_400;
 
 // ---------------------------------------------------------------------------
 // Reading the cookbook
@@ -146,25 +146,12 @@ fn assert_passed(resp: &Response, id: u64) {
 
 /// The exact denial, with the request's id and `retry` seconds.
 fn assert_denied(resp: &Response, id: u64, retry: u64) {
-    assert_eq!(resp.status, 429, "id {id}: {resp:?}");
-    assert_eq!(resp.header("retry-after"), Some(retry.to_string().as_str()));
-    assert_eq!(
-        resp.text(),
-        format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":429,"message":"Rate limit exceeded","data":{{"retryAfterSeconds":{retry}}}}}}}"#
-        )
-    );
+    assert_rate_limited(resp, id, retry);
 }
 
 /// A refusal for a missing identity, naming the descriptor.
 fn assert_missing(resp: &Response, id: u64, descriptor: &str) {
-    assert_eq!(resp.status, 400, "id {id}: {resp:?}");
-    let reason = format!("the request lacks a value descriptor {descriptor} needs");
-    assert_eq!(
-        resp.json(),
-        json!({"jsonrpc":"2.0","id":id,"error":{"code":-32600,"message":"Invalid Request",
-            "data":{"reason":reason}}})
-    );
+    assert_missing_identity(resp, id, descriptor);
 }
 
 /// The descriptors of the `i`th rate-limit call: entries and hits_addend.
@@ -491,4 +478,26 @@ fn bounded_tool_names() {
     assert_eq!(s.up.requests().unwrap(), 0);
     assert_passed(&call(&s, 8, "search_docs", &[]), 8);
     assert_no_errors(&s);
+}
+
+/// The per-user example of the README's Configuration section is a
+/// configuration the filter accepts, refusing a missing identity.
+#[test]
+fn the_configuration_example_refuses_a_missing_identity() {
+    let readme = std::fs::read_to_string(e2e::Paths::discover().root.join("README.md")).unwrap();
+    let from = readme
+        .find("For example, 10 calls per user per tool")
+        .expect("the example is in the README");
+    let block = readme[from..]
+        .split("```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the example's json block");
+    let cfg = mcp_ratelimit::config::Config::parse(block.as_bytes()).unwrap();
+    let names: Vec<&str> = cfg.descriptors.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["per_user_tool", "per_tenant"]);
+    assert!(cfg
+        .descriptors
+        .iter()
+        .all(|d| d.on_missing == mcp_ratelimit::config::OnMissing::Refuse));
 }

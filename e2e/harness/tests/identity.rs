@@ -14,16 +14,15 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use e2e::fixtures::tools_call;
+use e2e::fixtures::{
+    assert_called, assert_missing_identity, assert_rate_limited, tools_call, DAY_LEFT,
+};
 use e2e::stack::Stack;
-use e2e::{Response, CLOCK_AT};
+use e2e::Response;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Seconds from the frozen `CLOCK_AT` to the end of its UTC day.
-const DAY_LEFT: u64 = 86_400 - CLOCK_AT % 86_400;
 
 /// The identity provider's HS256 key, in Envoy's JWKS as an `oct` key.
 const KEY: &[u8] = b"mcp-ratelimit identity test key!";
@@ -135,34 +134,17 @@ fn call(s: &Stack, id: u64, headers: &[(&str, &str)]) -> Response {
 }
 
 fn assert_passed(resp: &Response, id: u64) {
-    assert_eq!(resp.status, 200, "id {id}: {resp:?}");
-    assert_eq!(resp.json()["id"], id, "{resp:?}");
-    assert_eq!(
-        resp.json()["result"]["content"][0]["text"],
-        "search_docs called",
-        "{resp:?}"
-    );
+    assert_called(resp, id, "search_docs");
 }
 
 fn assert_denied(resp: &Response, id: u64) {
-    assert_eq!(resp.status, 429, "id {id}: {resp:?}");
-    assert_eq!(
-        resp.text(),
-        format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":429,"message":"Rate limit exceeded","data":{{"retryAfterSeconds":{DAY_LEFT}}}}}}}"#
-        )
-    );
+    assert_rate_limited(resp, id, DAY_LEFT);
 }
 
 /// The filter's answer to a request without the identity `per_user_tool`
 /// needs.
 fn assert_refused(resp: &Response, id: u64) {
-    assert_eq!(resp.status, 400, "id {id}: {resp:?}");
-    assert_eq!(
-        resp.json(),
-        json!({"jsonrpc":"2.0","id":id,"error":{"code":-32600,"message":"Invalid Request",
-            "data":{"reason":"the request lacks a value descriptor per_user_tool needs"}}})
-    );
+    assert_missing_identity(resp, id, "per_user_tool");
 }
 
 fn assert_unauthorized(resp: &Response, body: &str) {
