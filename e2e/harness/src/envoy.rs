@@ -426,6 +426,15 @@ impl Envoy {
         self.proc.logs()
     }
 
+    /// Waits up to 5 s for `needle` to appear in Envoy's logs.
+    pub fn wait_for_log(&self, needle: &str) -> Result<()> {
+        crate::wait_for(
+            &format!("{needle:?} in Envoy's log"),
+            Duration::from_secs(5),
+            || self.logs().contains(needle).then_some(()),
+        )
+    }
+
     /// Process id.
     pub fn pid(&self) -> u32 {
         self.proc.pid()

@@ -196,17 +196,9 @@ descriptors:
     assert_eq!(s.stat("over_limit"), 1);
     assert_eq!(s.stat("shadow_over_limit"), 3);
     assert_eq!(s.up.calls("search_docs").unwrap(), 3);
-    e2e::wait_for(
-        "the shadow log line",
-        std::time::Duration::from_secs(5),
-        || {
-            s.envoy
-                .logs()
-                .contains("shadow limit exceeded: descriptor tenant_trial, target search_docs")
-                .then_some(())
-        },
-    )
-    .unwrap();
+    s.envoy
+        .wait_for_log("shadow limit exceeded: descriptor tenant_trial, target search_docs")
+        .unwrap();
     assert!(
         !s.envoy.logs().contains(r#""query":"q""#),
         "the body reached the log"

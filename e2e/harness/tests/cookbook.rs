@@ -400,19 +400,11 @@ fn shadow_rollout() {
     assert_eq!(s.stat("over_limit"), 1);
     assert_eq!(s.stat("shadow_over_limit"), 4);
     assert_eq!(s.up.calls("search_docs").unwrap(), 5);
-    e2e::wait_for(
-        "the shadow log line",
-        std::time::Duration::from_secs(5),
-        || {
-            s.envoy
-                .logs()
-                .contains(
-                    "mcp-ratelimit: shadow limit exceeded: descriptor per_user_trial, target search_docs",
-                )
-                .then_some(())
-        },
-    )
-    .unwrap();
+    s.envoy
+        .wait_for_log(
+            "mcp-ratelimit: shadow limit exceeded: descriptor per_user_trial, target search_docs",
+        )
+        .unwrap();
     assert!(
         !s.envoy.logs().contains(r#""query":"q""#),
         "the body reached the log"
