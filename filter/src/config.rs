@@ -15,6 +15,13 @@ const MAX_MAX_BODY_BYTES: usize = 64 << 20;
 /// Envoy's rate-limit filter default.
 pub const DEFAULT_TIMEOUT_MS: u64 = 20;
 const MAX_TIMEOUT_MS: u64 = 60_000;
+/// How long a denial is repeated without asking the service again, at
+/// most (`over_limit_cache_max_ms`): a raised limit takes effect within it.
+pub const DEFAULT_CACHE_MS: u64 = 1000;
+const MAX_CACHE_MS: u64 = 60_000;
+/// Shared-data slots for denials, and for leases (each).
+pub const DEFAULT_ENTRIES: u32 = 1024;
+const MAX_ENTRIES: u32 = 65_536;
 
 /// The validated configuration shared by every request of a plugin.
 #[derive(Debug)]
@@ -59,6 +66,16 @@ pub struct Config {
     pub ratelimit_headers: bool,
     /// Record what the access log may show as Envoy filter state.
     pub filter_state: bool,
+    /// Deny locally, for a while, what the service has just denied (see
+    /// `local.rs`): the longest time a denial is repeated without asking
+    /// again (`over_limit_cache_max_ms`); `None` when off.
+    pub over_limit_cache_ms: Option<u64>,
+    /// Shared-data slots for denials and for leases (each bounded).
+    pub over_limit_cache_entries: u32,
+    pub lease_entries: u32,
+    /// What names this configuration's entries in shared data: the encoded
+    /// domain and the cluster, so that two plugins never read each other's.
+    pub shared_prefix: Vec<u8>,
     pub over_limit: Reply,
     pub rls_failure: Reply,
     /// Header names that some descriptor reads (lowercase).
@@ -80,6 +97,9 @@ pub struct Descriptor {
     pub shadow: bool,
     /// Sends the calls' cost as hits (else one hit per call).
     pub cost: bool,
+    /// Take this many hits at once from the service and spend them locally
+    /// (`lease`); `None`: one call per request.
+    pub lease: Option<u64>,
 }
 
 /// What a descriptor does when an identity source is absent.
@@ -237,6 +257,20 @@ struct RawConfig {
     ratelimit_headers: Option<RateLimitHeaders>,
     #[serde(default, deserialize_with = "de_filter_state")]
     filter_state: bool,
+    #[serde(default = "default_true", deserialize_with = "de_over_limit_cache")]
+    over_limit_cache: bool,
+    #[serde(
+        default = "default_cache_ms",
+        deserialize_with = "de_over_limit_cache_max_ms"
+    )]
+    over_limit_cache_max_ms: u64,
+    #[serde(
+        default = "default_entries",
+        deserialize_with = "de_over_limit_cache_entries"
+    )]
+    over_limit_cache_entries: u32,
+    #[serde(default = "default_entries", deserialize_with = "de_lease_entries")]
+    lease_entries: u32,
     #[serde(default, deserialize_with = "de_over_limit")]
     over_limit: RawReply,
     #[serde(default, deserialize_with = "de_rls_failure")]
@@ -277,6 +311,11 @@ named! {
     de_ratelimit_headers: Option<RateLimitHeaders> = "ratelimit_headers";
     de_retry_after_ms: Option<bool> = "retry_after_ms";
     de_filter_state: bool = "filter_state";
+    de_over_limit_cache: bool = "over_limit_cache";
+    de_over_limit_cache_max_ms: u64 = "over_limit_cache_max_ms";
+    de_over_limit_cache_entries: u32 = "over_limit_cache_entries";
+    de_lease_entries: u32 = "lease_entries";
+    de_lease: Option<u64> = "lease";
     de_descriptor_shadow: Option<bool> = "shadow";
     de_descriptor_cost: Option<bool> = "cost";
     de_over_limit: RawReply = "over_limit";
@@ -295,6 +334,12 @@ fn default_max_body() -> usize {
 fn default_cost() -> u64 {
     1
 }
+fn default_cache_ms() -> u64 {
+    DEFAULT_CACHE_MS
+}
+fn default_entries() -> u32 {
+    DEFAULT_ENTRIES
+}
 fn default_meta_tools() -> Vec<String> {
     vec!["call_tool".to_owned()]
 }
@@ -312,6 +357,8 @@ const MAX_PARAM_HEADERS: usize = 32;
 
 /// The largest cost a call may have.
 pub const MAX_COST: u64 = 1_000_000;
+/// The largest `lease`.
+const MAX_LEASE: u64 = 1_000_000;
 /// Most names in `tools` or `tool_costs`.
 const MAX_TOOLS: usize = 4096;
 
@@ -357,6 +404,8 @@ struct RawDescriptorObject {
     shadow: Option<bool>,
     #[serde(default, deserialize_with = "de_descriptor_cost")]
     cost: Option<bool>,
+    #[serde(default, deserialize_with = "de_lease")]
+    lease: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -434,6 +483,9 @@ impl Config {
             raw.rls_failure
                 .build("rls_failure", 503, -32603, "Rate limit service unavailable")?;
         let encoded_domain = rls::encode_domain(&raw.domain);
+        let mut shared_prefix = encoded_domain.clone();
+        shared_prefix.extend_from_slice(raw.rls_cluster.as_bytes());
+        shared_prefix.push(0);
         Ok(Config {
             domain: raw.domain,
             rls_cluster: raw.rls_cluster,
@@ -456,6 +508,10 @@ impl Config {
             unknown_tools: raw.unknown_tools.unwrap_or(UnknownTools::Other),
             ratelimit_headers: raw.ratelimit_headers == Some(RateLimitHeaders::Draft03),
             filter_state: raw.filter_state,
+            over_limit_cache_ms: raw.over_limit_cache.then_some(raw.over_limit_cache_max_ms),
+            over_limit_cache_entries: raw.over_limit_cache_entries,
+            lease_entries: raw.lease_entries,
+            shared_prefix,
             over_limit,
             rls_failure,
             headers_used,
@@ -502,6 +558,21 @@ impl RawConfig {
             return Err(ConfigError(format!(
                 "`default_cost` must be between 1 and {MAX_COST}"
             )));
+        }
+        if self.over_limit_cache_max_ms == 0 || self.over_limit_cache_max_ms > MAX_CACHE_MS {
+            return Err(ConfigError(format!(
+                "`over_limit_cache_max_ms` must be between 1 and {MAX_CACHE_MS}"
+            )));
+        }
+        for (name, n) in [
+            ("over_limit_cache_entries", self.over_limit_cache_entries),
+            ("lease_entries", self.lease_entries),
+        ] {
+            if n == 0 || n > MAX_ENTRIES {
+                return Err(ConfigError(format!(
+                    "`{name}` must be between 1 and {MAX_ENTRIES}"
+                )));
+            }
         }
         if self.header_fast_path && !self.hold_headers {
             return err("`header_fast_path` needs `hold_headers` (a buffer filter after this one miscounts a chunked body that the filter resumes before its end)");
@@ -563,6 +634,7 @@ fn descriptors(
             on_missing: OnMissing::Skip,
             shadow,
             cost: true,
+            lease: None,
         }]);
     };
     if list.is_empty() {
@@ -574,17 +646,18 @@ fn descriptors(
     for (i, d) in list.into_iter().enumerate() {
         let text = d.get().as_bytes();
         let wrap = |e: serde_json::Error| ConfigError(format!("`descriptors[{i}]`: {e}"));
-        let (name, raw_entries, on_missing, own_shadow, cost) = match text.first() {
+        let (name, raw_entries, on_missing, own_shadow, cost, lease) = match text.first() {
             Some(b'[') => (
                 None,
                 serde_json::from_slice(text).map_err(wrap)?,
                 None,
                 None,
                 None,
+                None,
             ),
             Some(b'{') => {
                 let o: RawDescriptorObject = serde_json::from_slice(text).map_err(wrap)?;
-                (o.name, o.entries, o.on_missing, o.shadow, o.cost)
+                (o.name, o.entries, o.on_missing, o.shadow, o.cost, o.lease)
             }
             _ => {
                 return Err(ConfigError(format!(
@@ -615,12 +688,26 @@ fn descriptors(
         for (j, e) in raw_entries.into_iter().enumerate() {
             entries.push(e.validate(i, j)?);
         }
+        let shadow = shadow || own_shadow.unwrap_or(false);
+        if let Some(k) = lease {
+            if !(2..=MAX_LEASE).contains(&k) {
+                return Err(ConfigError(format!(
+                    "`descriptors[{i}].lease` must be between 2 and {MAX_LEASE}"
+                )));
+            }
+            if shadow {
+                return Err(ConfigError(format!(
+                    "`descriptors[{i}].lease`: a shadow descriptor cannot lease (its limit never denies)"
+                )));
+            }
+        }
         out.push(Descriptor {
             name,
             entries,
             on_missing: on_missing.unwrap_or(OnMissing::Skip),
-            shadow: shadow || own_shadow.unwrap_or(false),
+            shadow,
             cost: cost.unwrap_or(true),
+            lease,
         });
     }
     Ok(out)
@@ -704,6 +791,12 @@ impl Config {
                 .map(|(_, c)| *c)
         })
         .unwrap_or(self.default_cost)
+    }
+
+    /// Whether requests consult shared data: the over-limit cache, or a
+    /// leased descriptor.
+    pub fn uses_shared(&self) -> bool {
+        self.over_limit_cache_ms.is_some() || self.descriptors.iter().any(|d| d.lease.is_some())
     }
 
     /// Whether `tool` may be sent by its own name under `tools`.
@@ -878,8 +971,11 @@ mod tests {
                 on_missing: OnMissing::Skip,
                 shadow: false,
                 cost: true,
+                lease: None,
             }]
         );
+        assert_eq!(c.over_limit_cache_ms, Some(1000));
+        assert_eq!((c.over_limit_cache_entries, c.lease_entries), (1024, 1024));
         assert_eq!((c.default_cost, c.cost(Some("any"))), (1, 1));
         assert!(c.tools.is_none() && c.tool_known("anything"));
         assert_eq!(c.over_limit.http_status, 429);
@@ -930,6 +1026,38 @@ mod tests {
     fn every_rejection_names_its_key() {
         let cases = [
             (r#"{"rls_cluster":"r"}"#, "domain"),
+            (
+                r#"{"domain":"d","rls_cluster":"r","over_limit_cache":1}"#,
+                "over_limit_cache",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","over_limit_cache_max_ms":0}"#,
+                "over_limit_cache_max_ms",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","over_limit_cache_max_ms":60001}"#,
+                "over_limit_cache_max_ms",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","over_limit_cache_entries":0}"#,
+                "over_limit_cache_entries",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","lease_entries":65537}"#,
+                "lease_entries",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[{"entries":[{"key":"tool","mcp":"tool"}],"lease":1}]}"#,
+                "descriptors[0].lease",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[{"entries":[{"key":"tool","mcp":"tool"}],"lease":"5"}]}"#,
+                "lease",
+            ),
+            (
+                r#"{"domain":"d","rls_cluster":"r","descriptors":[{"entries":[{"key":"tool","mcp":"tool"}],"lease":5,"shadow":true}]}"#,
+                "descriptors[0].lease",
+            ),
             (r#"{"domain":"d"}"#, "rls_cluster"),
             (r#"{"domain":"","rls_cluster":"r"}"#, "domain"),
             (r#"{"domain":"d","rls_cluster":""}"#, "rls_cluster"),

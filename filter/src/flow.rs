@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use crate::config::{Config, McpField, OnMissing, Source, UnknownTools, OTHER_TOOL};
 use crate::jsonrpc::{self, Body, ParseError, Target};
+use crate::local::{self, Cached, Shared, Use};
 use crate::mcp_headers::{self, McpHeaders};
 use crate::reply::{self, Ids, LocalReply};
 use crate::rls::{self, Descriptor, Headers, RlsError, Verdict};
@@ -21,6 +22,34 @@ pub trait Host {
     /// Whether any of these request headers (lowercase) is given more than
     /// once.
     fn any_repeated(&self, names: &[String]) -> bool;
+    /// A shared-data slot and its compare-and-swap token (see [`Shared`]);
+    /// a host without shared data has none.
+    fn shared_get(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
+        None
+    }
+    /// Stores a shared-data slot if its token is still `cas`.
+    fn shared_set(&self, _key: &str, _value: &[u8], _cas: u32) -> bool {
+        false
+    }
+    /// Wall-clock milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64 {
+        0
+    }
+}
+
+/// A [`Host`] as [`local`] sees it.
+struct SharedOf<'h, H>(&'h H);
+
+impl<H: Host> Shared for SharedOf<'_, H> {
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.0.shared_get(key)
+    }
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> bool {
+        self.0.shared_set(key, value, cas)
+    }
+    fn now_ms(&self) -> u64 {
+        self.0.now_ms()
+    }
 }
 
 /// The filter's counters (Envoy stats `wasmcustom.mcp_ratelimit.<name>`).
@@ -53,11 +82,16 @@ pub enum Counter {
     UnknownTool,
     /// OVER_LIMIT answers for shadow descriptors, which did not deny.
     ShadowOverLimit,
+    /// Requests denied again without a call, as the service had just
+    /// denied their descriptor (`over_limit_cache`).
+    OverLimitCached,
+    /// Requests admitted without a call, their hits spent from leases.
+    Leased,
 }
 
 impl Counter {
     /// Every counter, in a fixed order (their index in [`Counter::ALL`]).
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 15] = [
         Counter::Inspected,
         Counter::Checked,
         Counter::Ok,
@@ -71,6 +105,8 @@ impl Counter {
         Counter::MissingSource,
         Counter::UnknownTool,
         Counter::ShadowOverLimit,
+        Counter::OverLimitCached,
+        Counter::Leased,
     ];
 
     /// The stat name.
@@ -89,6 +125,8 @@ impl Counter {
             Counter::MissingSource => "mcp_ratelimit.missing_source",
             Counter::UnknownTool => "mcp_ratelimit.unknown_tool",
             Counter::ShadowOverLimit => "mcp_ratelimit.shadow_over_limit",
+            Counter::OverLimitCached => "mcp_ratelimit.over_limit_cached",
+            Counter::Leased => "mcp_ratelimit.leased",
         }
     }
 }
@@ -157,6 +195,53 @@ struct Call {
     /// When a shadow descriptor was sent: what the request targets, for the
     /// log.
     target: Option<String>,
+    /// With the over-limit cache or leases: for each descriptor sent, what
+    /// the reply teaches; empty otherwise.
+    local: Vec<Local>,
+    /// When the call was planned (ms), with `local`.
+    asked: u64,
+}
+
+/// What a reply teaches about one descriptor sent.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Local {
+    /// Its over-limit cache key: a denial of it is remembered.
+    deny_key: Option<Vec<u8>>,
+    /// This request checks whether a remembered denial still holds.
+    probe: bool,
+    /// It asks for a lease.
+    lease: Option<LeaseAsk>,
+}
+
+/// A lease asked for with a request.
+#[derive(Debug, PartialEq, Eq)]
+struct LeaseAsk {
+    key: Vec<u8>,
+    size: u64,
+    /// The request's own hits, already spent from the lease (a renewal on
+    /// the side) or to come out of this one.
+    own: u64,
+    spent: bool,
+}
+
+impl Call {
+    /// For each descriptor sent, whether its OVER_LIMIT cannot deny.
+    fn spare(&self) -> Vec<bool> {
+        self.local
+            .iter()
+            .map(|l| l.lease.as_ref().is_some_and(|a| a.spent))
+            .collect()
+    }
+
+    /// The request has been admitted already: every descriptor sent is a
+    /// lease renewal on the side.
+    fn admitted(&self) -> bool {
+        !self.local.is_empty()
+            && self
+                .local
+                .iter()
+                .all(|l| l.lease.as_ref().is_some_and(|a| a.spent))
+    }
 }
 
 /// A denial decided before the request's ids are known.
@@ -302,7 +387,12 @@ impl Flow {
     pub fn on_dispatch_failed(&mut self, host: &impl Host) -> Step {
         host.count(Counter::Checked);
         self.transition(|req, state| match state {
-            State::Dispatching { call } => req.failed(call.ids, host),
+            State::Dispatching { call } => {
+                if !call.local.is_empty() {
+                    learn(&req.cfg, &call, &Err(RlsError::Grpc(UNAVAILABLE)), host);
+                }
+                req.failed(call, host)
+            }
             other => (other, Step::Pause),
         })
     }
@@ -325,12 +415,18 @@ impl Flow {
                         .iter()
                         .map(|i| req.cfg.descriptors.get(*i).is_some_and(|d| d.shadow))
                         .collect();
+                    let spare = call.spare();
                     let reading = rls::Reading {
                         shadow: &shadow,
                         ratelimit_headers: req.cfg.ratelimit_headers,
+                        spare: &spare,
+                        statuses: !call.local.is_empty(),
                     };
                     rls::decode_response(body.unwrap_or(&[]), reading)
                 };
+                if !call.local.is_empty() {
+                    learn(&req.cfg, &call, &verdict, host);
+                }
                 req.verdict(verdict, call, host)
             }
             // Not the call we wait for: ignore it.
@@ -653,16 +749,49 @@ impl Req {
                 )
             }
             Plan::Refuse(counter, reply) => self.refuse(host, counter, reply),
+            Plan::Leased => {
+                host.count(Counter::Leased);
+                self.decided("allowed", Some("leased"));
+                (
+                    State::Allowed {
+                        response_headers: Vec::new(),
+                    },
+                    Step::go(),
+                )
+            }
+            Plan::Deny {
+                denial,
+                descriptor,
+                now,
+            } => {
+                host.count(Counter::OverLimitCached);
+                self.decided("denied", Some("over_limit_cached"));
+                if self.cfg.filter_state {
+                    self.record.descriptor =
+                        self.cfg.descriptors.get(descriptor).map(|d| d.name.clone());
+                }
+                let (retry_after, retry_after_ms) = local::retry_after(denial.reset_at, now);
+                let pending = Pending::OverLimit {
+                    retry_after,
+                    retry_after_ms,
+                    headers: denial.headers_at(now),
+                };
+                self.deny(pending, body.map(ids_of))
+            }
             Plan::Call {
                 payload,
                 sent,
                 target,
+                local,
+                asked,
             } => (
                 State::Dispatching {
                     call: Call {
                         ids: body.map(ids_of),
                         sent,
                         target,
+                        local,
+                        asked,
                     },
                 },
                 Step::Dispatch(payload),
@@ -694,12 +823,12 @@ impl Req {
                 );
             }
         }
-        let ids = call.ids;
         match verdict {
             Ok(Verdict::Ok {
                 request_headers,
                 response_headers,
                 shadow_over,
+                ..
             }) => {
                 host.count(Counter::Ok);
                 self.decided(
@@ -735,17 +864,28 @@ impl Req {
                     retry_after_ms,
                     headers: response_headers,
                 };
-                self.deny(pending, ids)
+                self.deny(pending, call.ids)
             }
             Err(e) => {
                 log::debug!("rate-limit service error: {e:?}");
-                self.failed(ids, host)
+                self.failed(call, host)
             }
         }
     }
 
-    fn failed(&mut self, ids: Option<Ids>, host: &impl Host) -> Next {
+    fn failed(&mut self, call: Call, host: &impl Host) -> Next {
         host.count(Counter::Error);
+        if call.admitted() {
+            // Only lease renewals were asked: the request was paid for.
+            self.decided("allowed", Some("leased"));
+            return (
+                State::Allowed {
+                    response_headers: Vec::new(),
+                },
+                Step::go(),
+            );
+        }
+        let ids = call.ids;
         let mode = if self.cfg.failure_mode_deny {
             "fail_closed"
         } else {
@@ -807,6 +947,76 @@ impl Req {
                 headers,
             ),
             Pending::Failure => reply::rls_failure(&self.cfg.rls_failure, ids),
+        }
+    }
+}
+
+/// gRPC status UNAVAILABLE: what a call the host could not make counts as.
+const UNAVAILABLE: u32 = 14;
+
+/// What a reply teaches the over-limit cache and the leases: a denial of a
+/// descriptor is remembered (not a shadow one, which is never given a
+/// cache key); a probe that finds the limit lifted forgets it; a lease asked
+/// for is granted or marked refused; a failed call lets another request
+/// renew the lease.
+fn learn(cfg: &Config, call: &Call, verdict: &Result<Verdict, RlsError>, host: &impl Host) {
+    let store = SharedOf(host);
+    let now = host.now_ms();
+    let (statuses, headers): (&[rls::Status], &[(String, String)]) = match verdict {
+        Ok(Verdict::Ok { statuses, .. }) => (statuses, &[]),
+        Ok(Verdict::OverLimit {
+            statuses,
+            response_headers,
+            ..
+        }) => (statuses, response_headers),
+        Err(_) => {
+            for ask in call.local.iter().filter_map(|l| l.lease.as_ref()) {
+                local::refill_failed(&store, cfg.lease_entries, &ask.key);
+            }
+            return;
+        }
+    };
+    if statuses.len() != call.local.len() {
+        return;
+    }
+    for (l, st) in call.local.iter().zip(statuses) {
+        if let Some(ask) = &l.lease {
+            match (st.over, st.reset) {
+                (false, Some(reset)) => {
+                    let own = if ask.spent { 0 } else { ask.own };
+                    local::grant(
+                        &store,
+                        cfg.lease_entries,
+                        &ask.key,
+                        ask.size,
+                        own,
+                        reset,
+                        call.asked,
+                        now,
+                    );
+                }
+                (false, None) => local::refill_failed(&store, cfg.lease_entries, &ask.key),
+                (true, reset) => {
+                    local::refused(&store, cfg.lease_entries, &ask.key, reset, call.asked, now);
+                }
+            }
+        } else if let (Some(key), Some(max_ms)) = (&l.deny_key, cfg.over_limit_cache_ms) {
+            match (st.over, st.reset) {
+                (true, Some(reset)) => local::store_denial(
+                    &store,
+                    cfg.over_limit_cache_entries,
+                    key,
+                    reset,
+                    call.asked,
+                    now,
+                    max_ms,
+                    headers,
+                ),
+                (false, _) if l.probe => {
+                    local::forget_denial(&store, cfg.over_limit_cache_entries, key)
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -918,7 +1128,18 @@ enum Plan {
         payload: Vec<u8>,
         sent: Vec<usize>,
         target: Option<String>,
+        local: Vec<Local>,
+        asked: u64,
     },
+    /// Denied without a call: the service has just denied descriptor
+    /// `descriptor` (configured index) of the request.
+    Deny {
+        denial: local::Denial,
+        descriptor: usize,
+        now: u64,
+    },
+    /// Admitted without a call: every descriptor was paid from a lease.
+    Leased,
 }
 
 /// A message's tool as sent: its name, or [`OTHER_TOOL`] outside `tools`.
@@ -981,6 +1202,8 @@ fn plan(cfg: &Config, body: &Body<'_>, mcp: &McpHeaders, host: &impl Host) -> Pl
     }
     // ...then the descriptors, borrowing every value.
     let mut descriptors: Vec<(usize, Descriptor<'_>)> = Vec::new();
+    // (Descriptors are built in `descriptors`, then trimmed by the
+    // over-limit cache and leases.)
     for req in body.requests() {
         let tool = match &req.target {
             Some(Target::Tool(t)) => Some(t.as_ref()),
@@ -1031,6 +1254,16 @@ fn plan(cfg: &Config, body: &Body<'_>, mcp: &McpHeaders, host: &impl Host) -> Pl
     if descriptors.is_empty() {
         return Plan::Pass;
     }
+    let (local, asked) = if cfg.uses_shared() {
+        let now = host.now_ms();
+        match decide_locally(cfg, &mut descriptors, host, now) {
+            Ok(_) if descriptors.is_empty() => return Plan::Leased,
+            Ok(local) => (local, now),
+            Err(deny) => return deny,
+        }
+    } else {
+        (Vec::new(), 0)
+    };
     let shadowed = descriptors
         .iter()
         .any(|(k, _)| cfg.descriptors.get(*k).is_some_and(|d| d.shadow));
@@ -1048,7 +1281,115 @@ fn plan(cfg: &Config, body: &Body<'_>, mcp: &McpHeaders, host: &impl Host) -> Pl
         payload: rls::encode_request(&cfg.encoded_domain, &list),
         sent,
         target,
+        local,
+        asked,
     }
+}
+
+/// The over-limit cache and leases: denies a request whose descriptor the
+/// service has just denied (at the same cost); pays what it can from
+/// leases, removing those descriptors from the call, and turns the
+/// descriptors that renew a lease into asks for the lease's size. Returns,
+/// for each descriptor left, what its reply will teach.
+///
+/// A leased descriptor is looked up in the cache only when its lease
+/// cannot pay: hits the service granted are spent even after it has
+/// denied a request that asked on its own.
+fn decide_locally(
+    cfg: &Config,
+    descriptors: &mut Vec<(usize, Descriptor<'_>)>,
+    host: &impl Host,
+    now: u64,
+) -> Result<Vec<Local>, Plan> {
+    let store = SharedOf(host);
+    let probe_ms = cfg.timeout_ms.saturating_add(PROBE_MARGIN_MS);
+    // What the cache says of a descriptor at its own cost.
+    let cached = |k: usize, d: &Descriptor<'_>| -> Result<Local, Plan> {
+        let mut l = Local::default();
+        let shadow = cfg.descriptors.get(k).is_none_or(|c| c.shadow);
+        if cfg.over_limit_cache_ms.is_none() || shadow {
+            return Ok(l);
+        }
+        let key = shared_key(cfg, d, d.hits);
+        match local::lookup(&store, cfg.over_limit_cache_entries, &key, now, probe_ms) {
+            Cached::Deny(denial) => {
+                return Err(Plan::Deny {
+                    denial,
+                    descriptor: k,
+                    now,
+                })
+            }
+            Cached::Probe => l.probe = true,
+            Cached::Ask => {}
+        }
+        l.deny_key = Some(key);
+        Ok(l)
+    };
+    let lease_of = |k: usize| cfg.descriptors.get(k).and_then(|c| c.lease);
+    // First the descriptors without a lease: a request denied by one of
+    // them spends no lease.
+    let mut local: Vec<Option<Local>> = Vec::with_capacity(descriptors.len());
+    for (k, d) in descriptors.iter() {
+        local.push(match lease_of(*k) {
+            Some(_) => None,
+            None => Some(cached(*k, d)?),
+        });
+    }
+    let mut kept = Vec::with_capacity(descriptors.len());
+    let mut out = Vec::with_capacity(descriptors.len());
+    for ((k, mut d), l) in descriptors.drain(..).zip(local) {
+        let (Some(size), None) = (lease_of(k), &l) else {
+            kept.push((k, d));
+            out.push(l.unwrap_or_default());
+            continue;
+        };
+        let key = shared_key(cfg, &d, 1);
+        let own = d.hits;
+        let spent = match local::take(&store, cfg.lease_entries, &key, own, size, now, probe_ms) {
+            Use::Spent => continue,
+            Use::SpentAndRefill => true,
+            Use::Refill => {
+                // Unpaid: a denial of it stands, and another request may
+                // renew the lease.
+                if let Err(deny) = cached(k, &d) {
+                    local::refill_failed(&store, cfg.lease_entries, &key);
+                    return Err(deny);
+                }
+                false
+            }
+            Use::Plain => {
+                let l = cached(k, &d)?;
+                kept.push((k, d));
+                out.push(l);
+                continue;
+            }
+        };
+        d.hits = size;
+        kept.push((k, d));
+        out.push(Local {
+            lease: Some(LeaseAsk {
+                key,
+                size,
+                own,
+                spent,
+            }),
+            ..Local::default()
+        });
+    }
+    *descriptors = kept;
+    Ok(out)
+}
+
+/// How long a request that renews a lease or checks a remembered denial
+/// holds that role past the call's timeout, before another may.
+const PROBE_MARGIN_MS: u64 = 50;
+
+/// A descriptor's name in shared data: the configuration's prefix and the
+/// descriptor as sent, with `hits` as its hits.
+fn shared_key(cfg: &Config, d: &Descriptor<'_>, hits: u64) -> Vec<u8> {
+    let mut key = cfg.shared_prefix.clone();
+    rls::put_descriptor(&mut key, d, hits);
+    key
 }
 
 /// The value of an entry whose source is the MCP message (not a header or

@@ -168,6 +168,20 @@ impl Host for Env {
         self.metrics.increment(counter);
     }
 
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.absent_on_error("shared data", hostcalls::shared_data(key))
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> bool {
+        hostcalls::set_shared_data(key, value, cas)
+            .inspect_err(|e| log::warn!("[{}] cannot write shared data: {e}", self.id))
+            .unwrap_or(false)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.absent_on_error("the clock", hostcalls::now_nanos()) / 1_000_000
+    }
+
     fn any_repeated(&self, names: &[String]) -> bool {
         let pairs = hostcalls::header_pairs(MapType::RequestHeaders);
         let pairs = self.absent_on_error("the request headers", pairs);

@@ -21,6 +21,7 @@ pub mod config;
 pub mod envoy_version;
 pub mod flow;
 pub mod jsonrpc;
+pub mod local;
 pub mod mcp_headers;
 pub mod message;
 pub mod reply;

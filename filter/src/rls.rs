@@ -34,29 +34,35 @@ pub fn encode_domain(domain: &str) -> Vec<u8> {
 pub fn encode_request(encoded_domain: &[u8], descriptors: &[Descriptor<'_>]) -> Vec<u8> {
     let mut size = encoded_domain.len();
     for d in descriptors {
-        let n = descriptor_len(d);
+        let n = descriptor_len(&d.entries, d.hits);
         size += 1 + varint_len(n as u64) + n;
     }
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(encoded_domain);
     for d in descriptors {
-        put_key(&mut out, 2, WIRE_LEN);
-        put_varint(&mut out, descriptor_len(d) as u64);
-        for (k, v) in &d.entries {
-            put_key(&mut out, 1, WIRE_LEN);
-            put_varint(&mut out, entry_len(k, v) as u64);
-            put_bytes(&mut out, 1, k.as_bytes());
-            put_bytes(&mut out, 2, v.as_bytes());
-        }
-        if d.hits != 1 {
-            // google.protobuf.UInt64Value { uint64 value = 1; }
-            put_key(&mut out, 3, WIRE_LEN);
-            put_varint(&mut out, 1 + varint_len(d.hits) as u64);
-            put_key(&mut out, 1, WIRE_VARINT);
-            put_varint(&mut out, d.hits);
-        }
+        put_descriptor(&mut out, d, d.hits);
     }
     out
+}
+
+/// Appends field 2 (`descriptors`) of a `RateLimitRequest`: `d`'s entries,
+/// with `hits` as its hits.
+pub fn put_descriptor(out: &mut Vec<u8>, d: &Descriptor<'_>, hits: u64) {
+    put_key(out, 2, WIRE_LEN);
+    put_varint(out, descriptor_len(&d.entries, hits) as u64);
+    for (k, v) in &d.entries {
+        put_key(out, 1, WIRE_LEN);
+        put_varint(out, entry_len(k, v) as u64);
+        put_bytes(out, 1, k.as_bytes());
+        put_bytes(out, 2, v.as_bytes());
+    }
+    if hits != 1 {
+        // google.protobuf.UInt64Value { uint64 value = 1; }
+        put_key(out, 3, WIRE_LEN);
+        put_varint(out, 1 + varint_len(hits) as u64);
+        put_key(out, 1, WIRE_VARINT);
+        put_varint(out, hits);
+    }
 }
 
 const WIRE_VARINT: u8 = 0;
@@ -66,14 +72,14 @@ fn entry_len(k: &str, v: &str) -> usize {
     field_len(k.len()) + field_len(v.len())
 }
 
-fn descriptor_len(d: &Descriptor<'_>) -> usize {
+fn descriptor_len(entries: &[(&str, std::borrow::Cow<'_, str>)], hits: u64) -> usize {
     let mut n = 0;
-    for (k, v) in &d.entries {
+    for (k, v) in entries {
         let e = entry_len(k, v);
         n += 1 + varint_len(e as u64) + e;
     }
-    if d.hits != 1 {
-        let inner = 1 + varint_len(d.hits);
+    if hits != 1 {
+        let inner = 1 + varint_len(hits);
         n += 1 + varint_len(inner as u64) + inner;
     }
     n
@@ -227,8 +233,10 @@ pub enum Verdict {
         request_headers: Headers,
         response_headers: Headers,
         /// The shadow descriptors (by position) the service found over
-        /// their limit.
+        /// their limits.
         shadow_over: Vec<usize>,
+        /// Each descriptor's status, when [`Reading::statuses`] asks.
+        statuses: Vec<Status>,
     },
     /// Over a limit: seconds until the longest over-limit window of a
     /// descriptor that is not shadow resets (at least 1) and headers for
@@ -242,7 +250,18 @@ pub enum Verdict {
         /// The position of the first descriptor that denied, when the
         /// statuses line up with the descriptors sent.
         denied_by: Option<usize>,
+        /// Each descriptor's status, when [`Reading::statuses`] asks.
+        statuses: Vec<Status>,
     },
+}
+
+/// One descriptor's status in a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// OVER_LIMIT.
+    pub over: bool,
+    /// When its window resets, if the service said.
+    pub reset: Option<crate::local::Reset>,
 }
 
 /// Why an RLS reply could not be used.
@@ -265,6 +284,12 @@ pub struct Reading<'a> {
     pub shadow: &'a [bool],
     /// Add the draft-03 `x-ratelimit-*` headers to the response headers.
     pub ratelimit_headers: bool,
+    /// For each descriptor sent, whether its OVER_LIMIT may not deny
+    /// because the request has already been admitted for it (a lease
+    /// renewal on the side); not counted as shadow.
+    pub spare: &'a [bool],
+    /// Return each descriptor's status in the verdict.
+    pub statuses: bool,
 }
 
 /// Turns a reply body into a verdict.
@@ -285,7 +310,28 @@ pub fn decode_response(bytes: &[u8], reading: Reading<'_>) -> Result<Verdict, Rl
     }
     let aligned = !shadow.is_empty() && resp.statuses.len() == shadow.len();
     let is_shadow = |i: usize| aligned && shadow.get(i).copied().unwrap_or(false);
+    let spare = reading.spare;
+    let is_spare =
+        |i: usize| resp.statuses.len() == spare.len() && spare.get(i).copied().unwrap_or(false);
     let over = |s: &&pb::DescriptorStatus| s.code == CODE_OVER_LIMIT;
+    let statuses: Vec<Status> = if reading.statuses {
+        resp.statuses
+            .iter()
+            .map(|s| Status {
+                over: over(&s),
+                reset: s
+                    .duration_until_reset
+                    .as_ref()
+                    .filter(|d| d.seconds > 0 || d.nanos > 0)
+                    .map(|d| crate::local::Reset {
+                        ms: ceil_millis(d),
+                        whole_seconds: d.nanos == 0,
+                    }),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let shadow_over: Vec<usize> = resp
         .statuses
         .iter()
@@ -298,21 +344,31 @@ pub fn decode_response(bytes: &[u8], reading: Reading<'_>) -> Result<Verdict, Rl
             request_headers: headers(resp.request_headers_to_add),
             response_headers,
             shadow_over,
+            statuses,
         }),
         CODE_OVER_LIMIT => {
             let denying_at: Vec<usize> = (0..resp.statuses.len())
-                .filter(|i| !is_shadow(*i) && resp.statuses.get(*i).is_some_and(|s| over(&s)))
+                .filter(|i| {
+                    !is_shadow(*i)
+                        && !is_spare(*i)
+                        && resp.statuses.get(*i).is_some_and(|s| over(&s))
+                })
                 .collect();
             let denying: Vec<&pb::DescriptorStatus> = denying_at
                 .iter()
                 .filter_map(|i| resp.statuses.get(*i))
                 .collect();
-            if aligned && denying.is_empty() && !shadow_over.is_empty() {
-                // Only shadow descriptors are over their limits.
+            let excused = (aligned && !shadow_over.is_empty())
+                || (0..resp.statuses.len())
+                    .any(|i| is_spare(i) && resp.statuses.get(i).is_some_and(|s| over(&s)));
+            if excused && denying.is_empty() {
+                // Only shadow descriptors, or renewals of a lease the
+                // request has already spent from, are over their limits.
                 return Ok(Verdict::Ok {
                     request_headers: headers(resp.request_headers_to_add),
                     response_headers,
                     shadow_over,
+                    statuses,
                 });
             }
             let longest = denying
@@ -328,6 +384,7 @@ pub fn decode_response(bytes: &[u8], reading: Reading<'_>) -> Result<Verdict, Rl
                 response_headers,
                 shadow_over,
                 denied_by: denying_at.first().copied().filter(|_| lined_up),
+                statuses,
             })
         }
         other => Err(RlsError::UnknownCode(other)),
@@ -547,6 +604,7 @@ mod tests {
                 request_headers: vec![("x-checked".into(), "yes".into())],
                 response_headers: vec![("x-ratelimit-remaining".into(), "4".into())],
                 shadow_over: vec![],
+                statuses: vec![],
             })
         );
     }
@@ -576,8 +634,75 @@ mod tests {
                 response_headers: vec![("x-a".into(), "1".into())],
                 shadow_over: vec![],
                 denied_by: None,
+                statuses: vec![],
             })
         );
+        // Each status, when asked: whole seconds or not.
+        let reading = Reading {
+            statuses: true,
+            ..Reading::default()
+        };
+        let Ok(Verdict::OverLimit { statuses, .. }) = decode_response(&bytes, reading) else {
+            panic!("not over limit");
+        };
+        let reset = |ms, whole_seconds| Some(crate::local::Reset { ms, whole_seconds });
+        assert_eq!(
+            statuses,
+            vec![
+                Status {
+                    over: true,
+                    reset: reset(12_001, false)
+                },
+                Status {
+                    over: false,
+                    reset: reset(3_000_000, true)
+                },
+                Status {
+                    over: true,
+                    reset: reset(7000, true)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lease_renewal_on_the_side_cannot_deny() {
+        let over = |spare: &[bool]| {
+            let bytes = pb::RateLimitResponse {
+                overall_code: CODE_OVER_LIMIT,
+                statuses: vec![status(CODE_OK, 5, 0), status(CODE_OVER_LIMIT, 5, 0)],
+                ..Default::default()
+            }
+            .encode_to_vec();
+            let reading = Reading {
+                spare,
+                ..Reading::default()
+            };
+            matches!(
+                decode_response(&bytes, reading),
+                Ok(Verdict::OverLimit { .. })
+            )
+        };
+        assert!(over(&[]));
+        assert!(over(&[true, false]));
+        assert!(!over(&[false, true]));
+        // Statuses that do not line up with what was sent deny.
+        assert!(over(&[false, true, false]));
+        // A service that says OVER_LIMIT with no descriptor over denies.
+        let bytes = pb::RateLimitResponse {
+            overall_code: CODE_OVER_LIMIT,
+            statuses: vec![status(CODE_OK, 5, 0), status(CODE_OK, 5, 0)],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let reading = Reading {
+            spare: &[false, true],
+            ..Reading::default()
+        };
+        assert!(matches!(
+            decode_response(&bytes, reading),
+            Ok(Verdict::OverLimit { .. })
+        ));
     }
 
     #[test]
@@ -673,6 +798,7 @@ mod tests {
         let reading = Reading {
             shadow,
             ratelimit_headers: true,
+            ..Reading::default()
         };
         match decode_response(&bytes, reading) {
             Ok(Verdict::Ok {

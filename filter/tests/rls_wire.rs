@@ -191,6 +191,7 @@ fn replies_built_with_the_generated_types_decode() {
             response_headers: vec![("x-ratelimit-limit".to_owned(), "3".to_owned())],
             shadow_over: vec![],
             denied_by: None,
+            statuses: vec![],
         })
     );
     let ok = RateLimitResponse {
@@ -210,6 +211,7 @@ fn replies_built_with_the_generated_types_decode() {
             request_headers: vec![("x-checked".to_owned(), "yes".to_owned())],
             response_headers: vec![],
             shadow_over: vec![],
+            statuses: vec![],
         })
     );
 }

@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
             data,
             rls::Reading {
                 shadow: &vec![true; msg.statuses.len()],
-                ratelimit_headers: false,
+                ..rls::Reading::default()
             },
         ) {
             Ok(Verdict::Ok { shadow_over, .. }) => assert_eq!(shadow_over, over),
@@ -39,12 +39,34 @@ fuzz_target!(|data: &[u8]| {
             }
             Err(e) => assert_eq!(Err(e), verdict),
         }
+        // Every descriptor a lease renewal of a request already admitted:
+        // an OVER_LIMIT status never denies, and each status is reported.
+        let spared = rls::decode_response(
+            data,
+            rls::Reading {
+                spare: &vec![true; msg.statuses.len()],
+                statuses: true,
+                ..rls::Reading::default()
+            },
+        );
+        match spared {
+            Ok(Verdict::Ok { statuses, .. }) => assert_eq!(statuses.len(), msg.statuses.len()),
+            Ok(Verdict::OverLimit { statuses, .. }) => {
+                assert!(over.is_empty(), "a spared OVER_LIMIT denied");
+                assert_eq!(statuses.len(), msg.statuses.len());
+                for (s, m) in statuses.iter().zip(&msg.statuses) {
+                    assert_eq!(s.over, m.code == rls::CODE_OVER_LIMIT);
+                }
+            }
+            Err(e) => assert_eq!(Err(e), verdict),
+        }
     }
     match verdict {
         Ok(Verdict::Ok {
             request_headers,
             response_headers,
             shadow_over,
+            ..
         }) => {
             assert!(shadow_over.is_empty(), "no descriptor is shadow");
             assert_eq!(msg.overall_code, rls::CODE_OK);
@@ -57,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
             response_headers,
             shadow_over,
             denied_by,
+            ..
         }) => {
             // Nothing was said about the descriptors sent: no position.
             assert_eq!(denied_by, None);

@@ -71,6 +71,20 @@ host_functions! {
         value_size: usize,
     );
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64);
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    );
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    );
     fn proxy_continue_stream(stream_type: u32);
     fn proxy_send_local_response(
         status_code: u32,
@@ -231,6 +245,36 @@ pub fn now_nanos() -> Result<u64, HostError> {
     // SAFETY: `t` is a valid, writable u64 for the call.
     check(unsafe { proxy_get_current_time_nanoseconds(&mut t) })?;
     Ok(t)
+}
+
+/// A value of the proxy's shared data (shared by every worker of the
+/// process, for plugins of the same VM id) and its compare-and-swap token;
+/// `None` when the key was never set.
+pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+    let mut cas: u32 = 0;
+    let value = call_returning_bytes(|data, size| {
+        // SAFETY: `key` is valid for the call; `cas` is a valid, writable
+        // u32; the rest as in `buffer`.
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), data, size, &mut cas) }
+    })?;
+    Ok(value.map(|v| (v, cas)).or(if cas != 0 {
+        Some((Vec::new(), cas))
+    } else {
+        None
+    }))
+}
+
+/// Sets a value of the shared data if its token is still `cas` (0: in any
+/// case). `Ok(false)` when another writer came first (`CasMismatch`).
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<bool, HostError> {
+    // SAFETY: both slices are valid for the call.
+    let status =
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    match status {
+        wire::OK => Ok(true),
+        wire::CAS_MISMATCH => Ok(false),
+        other => Err(HostError::Status(other)),
+    }
 }
 
 /// Resumes a request the filter paused.

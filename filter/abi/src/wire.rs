@@ -34,6 +34,8 @@ const STATUS_NAMES: [&str; 13] = [
 pub const OK: u32 = 0;
 /// `NotFound`: the header, property or buffer does not exist.
 pub const NOT_FOUND: u32 = 1;
+/// `CasMismatch`: shared data changed since it was read.
+pub const CAS_MISMATCH: u32 = 8;
 /// `Unimplemented`: what the host stubs of native builds answer.
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub const UNIMPLEMENTED: u32 = 12;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 mod controls;
 mod hardening;
+mod local;
 
 #[derive(Default)]
 struct MockHost {
@@ -15,6 +16,11 @@ struct MockHost {
     counts: RefCell<HashMap<Counter, u64>>,
     /// How often each header and metadata value was asked for.
     lookups: RefCell<HashMap<String, u32>>,
+    /// Envoy's shared data (with `shared_on`), and the clock.
+    shared_on: bool,
+    shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    cas: std::cell::Cell<u32>,
+    now: std::cell::Cell<u64>,
 }
 
 impl MockHost {
@@ -56,6 +62,24 @@ impl Host for MockHost {
     }
     fn any_repeated(&self, names: &[String]) -> bool {
         names.iter().any(|n| self.repeated.contains(n))
+    }
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.shared.borrow().get(key).cloned()
+    }
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> bool {
+        if !self.shared_on {
+            return false;
+        }
+        let mut d = self.shared.borrow_mut();
+        if cas != 0 && d.get(key).map(|e| e.1) != Some(cas) {
+            return false;
+        }
+        self.cas.set(self.cas.get() + 1);
+        d.insert(key.to_owned(), (value.to_vec(), self.cas.get()));
+        true
+    }
+    fn now_ms(&self) -> u64 {
+        self.now.get()
     }
 }
 
