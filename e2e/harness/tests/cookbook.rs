@@ -175,8 +175,13 @@ fn assert_no_errors(s: &Stack) {
     assert_eq!(s.stat("failure_mode_allowed"), 0);
 }
 
+/// The recipe's stack. These tests read what the service receives for
+/// every request, repeated denials included, so the over-limit cache (which
+/// answers those itself, with the same denial) is off; its own tests are
+/// in `overlimit_cache.rs`.
 fn start(r: &Recipe) -> Stack {
-    Stack::start(&r.plugin, &r.limits)
+    let plugin = edited(&r.plugin, |v| v["over_limit_cache"] = json!(false));
+    Stack::start(&plugin, &r.limits)
 }
 
 // ---------------------------------------------------------------------------

@@ -50,9 +50,12 @@ const SLACK: Duration = Duration::from_millis(500);
 /// Requests sent per failure mode for each fault.
 const N: u64 = 12;
 
+/// Every request here must reach the service, to meet its fault: the
+/// over-limit cache, which answers repeated denials itself, is off (its
+/// behaviour with a failing service is tested in `overlimit_cache.rs`).
 fn plugin(timeout_ms: u64, deny: bool) -> String {
     format!(
-        r#"{{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":{timeout_ms},"failure_mode_deny":{deny}}}"#
+        r#"{{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":{timeout_ms},"failure_mode_deny":{deny},"over_limit_cache":false}}"#
     )
 }
 

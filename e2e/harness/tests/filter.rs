@@ -116,17 +116,20 @@ fn limit_is_enforced_per_tool_with_a_json_rpc_429() {
     let resp = call(&s, 5, "get_weather");
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(s.up.calls("get_weather").unwrap(), 1);
-    // What the service was asked, and the counters.
+    // What the service was asked, and the counters: the notifications were
+    // denied by the over-limit cache, with the service's denial, without a
+    // call.
     let sent = s.rls_requests();
-    assert_eq!(sent.len(), 7);
+    assert_eq!(sent.len(), 5);
     assert_eq!(sent[0]["domain"], "mcp");
     assert_eq!(
         sent[3]["descriptors"],
         json!([{"entries": [{"key": "tool", "value": "search_docs"}], "hits_addend": null}])
     );
-    assert_eq!(s.stat("checked"), 7);
+    assert_eq!(s.stat("checked"), 5);
     assert_eq!(s.stat("ok"), 4);
-    assert_eq!(s.stat("over_limit"), 3);
+    assert_eq!(s.stat("over_limit"), 1);
+    assert_eq!(s.stat("over_limit_cached"), 2);
     assert_eq!(s.stat("error"), 0);
     assert_eq!(s.envoy.stat("http.mcp.downstream_rq_4xx"), 3);
 }
@@ -521,7 +524,11 @@ descriptors:
     // 47.75 s into a minute: the window ends in 12.25 s.
     let clock = RlsClock::FrozenAt(format!("{}.75", CLOCK_AT + 47));
     let rls = DevRls::start_with_clock(clock, 0, &[limits]).unwrap();
-    let s = Stack::start_on(rls, "envoy.yaml", PLUGIN, &[]);
+    // The test moves the service's clock, not Envoy's: each denial must come
+    // from the service, not from the over-limit cache.
+    let plugin =
+        r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"over_limit_cache":false}"#;
+    let s = Stack::start_on(rls, "envoy.yaml", plugin, &[]);
     let denied_with = |id: u64| {
         let resp = call(&s, id, "search_docs");
         assert_eq!(resp.status, 429, "{resp:?}");

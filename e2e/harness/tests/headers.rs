@@ -180,7 +180,10 @@ fn fast_path_calls_the_service_once_per_request_without_parsing() {
         json!({"tool_name": "search_docs", "parameters": {}}),
         4096,
     );
+    // (Denied by the over-limit cache: the service has just denied the
+    // same descriptor.)
     assert_eq!(s.post_with(&wrapped, &headers).status, 429);
+    assert_eq!(s.stat("over_limit_cached"), 1);
     let mut headers = modern_headers("call_tool");
     headers.push(("mcp-param-toolname", "get_weather"));
     let wrapped = modern_call(
@@ -190,7 +193,7 @@ fn fast_path_calls_the_service_once_per_request_without_parsing() {
         4096,
     );
     assert_eq!(s.post_with(&wrapped, &headers).status, 200);
-    assert_eq!(s.rls.calls().unwrap(), 6);
+    assert_eq!(s.rls.calls().unwrap(), 5);
     assert_eq!(s.stat("fast_path"), 6);
     assert_eq!(s.stat("inspected"), 0);
     let sent: Value = Request::get("/requests")
@@ -206,7 +209,6 @@ fn fast_path_calls_the_service_once_per_request_without_parsing() {
     assert_eq!(
         tools,
         [
-            "search_docs",
             "search_docs",
             "search_docs",
             "search_docs",
@@ -229,7 +231,7 @@ fn fast_path_calls_the_service_once_per_request_without_parsing() {
         ],
     );
     assert_eq!(resp.status, 200, "{resp:?}");
-    assert_eq!(s.rls.calls().unwrap(), 6);
+    assert_eq!(s.rls.calls().unwrap(), 5);
 }
 
 #[test]

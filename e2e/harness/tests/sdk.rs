@@ -176,14 +176,17 @@ impl Stack {
         if let Mode::Sse = self.mode {
             assert_eq!(report["progress"], allowed + 1, "{ctx}");
         }
-        // Independently of the client's own account: the rate-limit service
-        // was asked once per tools/call POST, and the filter denied once per
-        // run.
+        // Independently of the client's own account: each tools/call POST
+        // was asked of the rate-limit service or denied again by the
+        // over-limit cache, and the filter denied once per run.
         self.posts += allowed + 2;
         self.denials += 1;
-        assert_eq!(self.rls.calls().unwrap(), self.posts, "{ctx}");
+        let cached = self
+            .envoy
+            .stat("wasmcustom.mcp_ratelimit.over_limit_cached");
+        assert_eq!(self.rls.calls().unwrap() + cached, self.posts, "{ctx}");
         assert_eq!(
-            self.envoy.stat("wasmcustom.mcp_ratelimit.over_limit"),
+            self.envoy.stat("wasmcustom.mcp_ratelimit.over_limit") + cached,
             self.denials,
             "{ctx}"
         );
