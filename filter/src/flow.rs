@@ -787,7 +787,9 @@ impl Req {
             } => (
                 State::Dispatching {
                     call: Call {
-                        ids: body.map(ids_of),
+                        // Read again from the body if the request is
+                        // denied: nothing is copied for the allowed.
+                        ids: None,
                         sent,
                         target,
                         local,
@@ -1211,6 +1213,14 @@ fn plan(cfg: &Config, body: &Body<'_>, mcp: &McpHeaders, host: &impl Host) -> Pl
         };
         let cost = cfg.cost(tool.filter(|t| cfg.tool_known(t)));
         'descriptor: for (k, d) in cfg.descriptors.iter().enumerate() {
+            // Nothing is built for a descriptor this message is not about.
+            let applies = d
+                .entries
+                .iter()
+                .all(|e| e.source.is_of_request() || mcp_entry(cfg, &e.source, req).is_some());
+            if !applies {
+                continue;
+            }
             let mut entries = Vec::with_capacity(d.entries.len());
             let mut missing = false;
             for e in &d.entries {

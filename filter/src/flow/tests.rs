@@ -21,6 +21,8 @@ struct MockHost {
     shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     cas: std::cell::Cell<u32>,
     now: std::cell::Cell<u64>,
+    /// The body `drive` buffered, for the reads that follow a verdict.
+    body: RefCell<Vec<u8>>,
 }
 
 impl MockHost {
@@ -110,6 +112,7 @@ fn follow(flow: &mut Flow, host: &MockHost, body: &[u8], mut step: Step, read: &
 
 /// Drives headers + one body chunk; returns the step after the body.
 fn drive(flow: &mut Flow, host: &MockHost, body: &str) -> Step {
+    *host.body.borrow_mut() = body.as_bytes().to_vec();
     assert_eq!(flow.on_request_headers(false, host), Step::Pause);
     match flow.on_request_body(body.len(), true, host) {
         Step::ReadBody { start: 0, len: n } => {
@@ -117,6 +120,22 @@ fn drive(flow: &mut Flow, host: &MockHost, body: &str) -> Step {
             flow.on_body(body.as_bytes(), host)
         }
         other => other,
+    }
+}
+
+impl Flow {
+    /// [`Flow::on_rls_response`], then the reads of the buffered body the
+    /// glue would do (a denial reads the ids it answers).
+    fn answer_rls(
+        &mut self,
+        token: u32,
+        status: u32,
+        reply: Option<&[u8]>,
+        host: &MockHost,
+    ) -> Step {
+        let step = self.on_rls_response(token, status, reply, host);
+        let body = host.body.borrow().clone();
+        follow(self, host, &body, step, &mut 0)
     }
 }
 
@@ -188,8 +207,7 @@ fn over_limit_denies_with_json_rpc_error() {
         vec![vec![("tool".to_owned(), "search_docs".to_owned())]]
     );
     flow.on_dispatched(1, &host);
-    let Step::Reply(r) =
-        flow.on_rls_response(1, 0, Some(&reply_bytes(rls::CODE_OVER_LIMIT, 37)), &host)
+    let Step::Reply(r) = flow.answer_rls(1, 0, Some(&reply_bytes(rls::CODE_OVER_LIMIT, 37)), &host)
     else {
         panic!()
     };
@@ -554,7 +572,7 @@ fn failure_mode_allow_and_deny() {
         let mut flow = Flow::new(c);
         drive(&mut flow, &host, &call("a"));
         flow.on_dispatched(3, &host);
-        let step = flow.on_rls_response(3, grpc, body, &host);
+        let step = flow.answer_rls(3, grpc, body, &host);
         assert_eq!(host.count_of(Counter::Error), 1);
         if deny {
             let Step::Reply(r) = step else { panic!() };
@@ -704,8 +722,7 @@ fn batch_counts_each_call_in_one_request() {
     assert_eq!(req.descriptors[1].entries[0].value, "b");
     assert_eq!(req.descriptors[1].hits_addend, None);
     flow.on_dispatched(1, &host);
-    let Step::Reply(r) =
-        flow.on_rls_response(1, 0, Some(&reply_bytes(rls::CODE_OVER_LIMIT, 2)), &host)
+    let Step::Reply(r) = flow.answer_rls(1, 0, Some(&reply_bytes(rls::CODE_OVER_LIMIT, 2)), &host)
     else {
         panic!()
     };

@@ -38,7 +38,7 @@ fn answer(flow: &mut Flow, host: &MockHost, body: &str, reply: &[u8]) -> Step {
     let step = drive(flow, host, body);
     assert!(matches!(step, Step::Dispatch(_)), "{step:?}");
     flow.on_dispatched(7, host);
-    flow.on_rls_response(7, 0, Some(reply), host)
+    flow.answer_rls(7, 0, Some(reply), host)
 }
 
 fn batch(calls: &[String]) -> String {

@@ -66,8 +66,8 @@ fn request(c: &Rc<Config>, host: &MockHost, body: &str, reply: Option<&[u8]>) ->
     let first = Step::Dispatch(p.clone());
     flow.on_dispatched(9, host);
     let last = match reply {
-        Some(r) => flow.on_rls_response(9, 0, Some(r), host),
-        None => flow.on_rls_response(9, 14, None, host),
+        Some(r) => flow.answer_rls(9, 0, Some(r), host),
+        None => flow.answer_rls(9, 14, None, host),
     };
     (first, last)
 }
