@@ -319,3 +319,52 @@ fn lease_hits_are_spent_after_a_request_asking_on_its_own_was_denied() {
     assert_eq!(step, Step::Continue(vec![]));
     assert_eq!(host.count_of(Counter::OverLimitCached), 0);
 }
+
+#[test]
+fn the_record_names_a_denial_from_the_cache_and_an_admission_from_a_lease() {
+    let c = cfg(r#"{"domain":"mcp","rls_cluster":"r","filter_state":true,
+            "descriptors":[{"name":"per_tool","entries":[{"key":"tool","mcp":"tool"}],"lease":10},
+                           {"name":"per_user","entries":[{"key":"user","header":"x-user"}]}]}"#);
+    let host = shared_host().with("x-user", "alice");
+    let both_ok = reply_with(
+        rls::CODE_OK,
+        vec![status(rls::CODE_OK, 60), status(rls::CODE_OK, 60)],
+    );
+    request(&c, &host, &call_id(1, "search_docs"), Some(&both_ok));
+    // Alice over her limit: denied by the service, then by the cache.
+    let over_user = reply_with(rls::CODE_OVER_LIMIT, vec![status(rls::CODE_OVER_LIMIT, 60)]);
+    let mut flow = Flow::new(c.clone());
+    let step = drive(&mut flow, &host, &call_id(2, "search_docs"));
+    assert_eq!(
+        entries(&sent(&step)).len(),
+        1,
+        "the tool paid from its lease"
+    );
+    flow.on_dispatched(4, &host);
+    assert!(matches!(
+        flow.answer_rls(4, 0, Some(&over_user), &host),
+        Step::Reply(_)
+    ));
+    let mut flow = Flow::new(c.clone());
+    let Step::Reply(_) = drive(&mut flow, &host, &call_id(3, "search_docs")) else {
+        panic!("not denied from the cache");
+    };
+    let r = flow.record();
+    assert_eq!(
+        (r.verdict, r.reason),
+        (Some("denied"), Some("over_limit_cached"))
+    );
+    assert_eq!(r.descriptor.as_deref(), Some("per_user"));
+    // Without the user descriptor: admitted from the lease.
+    let c = cfg(r#"{"domain":"mcp","rls_cluster":"r","filter_state":true,
+            "descriptors":[{"name":"per_tool","entries":[{"key":"tool","mcp":"tool"}],"lease":10}]}"#);
+    let host = shared_host();
+    request(&c, &host, &call_id(1, "search_docs"), Some(&ok(60)));
+    let mut flow = Flow::new(c.clone());
+    assert_eq!(
+        drive(&mut flow, &host, &call_id(2, "search_docs")),
+        Step::Continue(vec![])
+    );
+    let r = flow.record();
+    assert_eq!((r.verdict, r.reason), (Some("allowed"), Some("leased")));
+}
