@@ -1397,7 +1397,9 @@ const PROBE_MARGIN_MS: u64 = 50;
 /// A descriptor's name in shared data: the configuration's prefix and the
 /// descriptor as sent, with `hits` as its hits.
 fn shared_key(cfg: &Config, d: &Descriptor<'_>, hits: u64) -> Vec<u8> {
-    let mut key = cfg.shared_prefix.clone();
+    let size: usize = d.entries.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+    let mut key = Vec::with_capacity(cfg.shared_prefix.len() + size + 16);
+    key.extend_from_slice(&cfg.shared_prefix);
     rls::put_descriptor(&mut key, d, hits);
     key
 }

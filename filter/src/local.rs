@@ -25,14 +25,56 @@ pub const MAX_KEY: usize = 1024;
 /// Compare-and-swap attempts before a lease gives up and asks the service.
 const CAS_ATTEMPTS: usize = 8;
 
-/// A descriptor's slot name: FNV-1a of its key, modulo the slots.
-fn slot(kind: &str, key: &[u8], slots: u32) -> String {
+/// A slot's name (`mcp_ratelimit.<kind>.<n>`), built without allocating.
+struct SlotName {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl std::ops::Deref for SlotName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+/// A descriptor's slot: FNV-1a of its key, modulo the slots.
+fn slot(kind: &str, key: &[u8], slots: u32) -> SlotName {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("mcp_ratelimit.{kind}.{}", h % u64::from(slots.max(1)))
+    let mut n = h % u64::from(slots.max(1));
+    let mut digits = [0u8; 20];
+    let mut d = digits.len();
+    loop {
+        d -= 1;
+        if let Some(x) = digits.get_mut(d) {
+            *x = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || d == 0 {
+            break;
+        }
+    }
+    let mut name = SlotName {
+        buf: [0; 48],
+        len: 0,
+    };
+    for part in [
+        b"mcp_ratelimit.".as_slice(),
+        kind.as_bytes(),
+        b".",
+        digits.get(d..).unwrap_or_default(),
+    ] {
+        let end = (name.len + part.len()).min(name.buf.len());
+        if let Some(dst) = name.buf.get_mut(name.len..end) {
+            dst.copy_from_slice(part.get(..end - name.len).unwrap_or_default());
+        }
+        name.len = end;
+    }
+    name
 }
 
 // -- Encoding -----------------------------------------------------------------

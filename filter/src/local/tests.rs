@@ -203,7 +203,7 @@ fn compare_and_swap_losers_retry_and_never_spend_twice() {
     assert_eq!(take(&s, 8, b"k", 1, 100, 2, 10), Use::Spent);
     s.lose.set(CAS_ATTEMPTS);
     assert_eq!(take(&s, 8, b"k", 1, 100, 2, 10), Use::Plain);
-    let left = Lease::decode(&s.data.borrow()[&slot("lease", b"k", 8)].0, b"k").unwrap();
+    let left = Lease::decode(&s.data.borrow()[&*slot("lease", b"k", 8)].0, b"k").unwrap();
     assert_eq!(left.remaining, 99);
 }
 
@@ -280,4 +280,25 @@ fn leases_never_admit_more_than_the_limit() {
     }
     assert!(admitted <= limit, "admitted {admitted} of {limit}");
     assert!(admitted > limit / 2, "admitted only {admitted} of {limit}");
+}
+
+#[test]
+fn slot_names_are_the_kind_and_a_number_below_the_slots() {
+    assert_eq!(&*slot("deny", b"", 1), "mcp_ratelimit.deny.0");
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..5000u32 {
+        let name = slot("lease", &i.to_le_bytes(), 1000);
+        let n: u64 = name
+            .strip_prefix("mcp_ratelimit.lease.")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(n < 1000);
+        seen.insert(n);
+    }
+    assert!(seen.len() > 900, "{} slots used", seen.len());
+    assert_eq!(
+        &*slot("deny", b"x", 65_536).split('.').count().to_string(),
+        "3"
+    );
 }
