@@ -265,6 +265,13 @@ impl RateLimitService {
         Ok(())
     }
 
+    /// [`RateLimitService::restart`] with other limits (as an operator
+    /// changing the service's configuration).
+    pub fn restart_with(&mut self, configs: &[&str]) -> Result<()> {
+        self.configs = configs.iter().map(|c| (*c).to_owned()).collect();
+        self.restart()
+    }
+
     /// The gRPC port (for Envoy's rate-limit cluster).
     pub fn port(&self) -> u16 {
         self.grpc.port()

@@ -762,3 +762,63 @@ fn leases_under_admit_at_most_their_documented_bound() {
     // The first Envoy, alone, was never short.
     assert!(admitted >= 30);
 }
+
+/// A raised limit takes effect within `over_limit_cache_max_ms` (5 s here):
+/// denials are repeated for that long, then one request asks again, is
+/// admitted under the new limit, and the denial is forgotten.
+#[test]
+fn a_raised_limit_takes_effect_within_the_cache_cap() {
+    let plugin = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":3000,"failure_mode_deny":true,
+        "over_limit_cache_max_ms":5000}"#;
+    let mut p = Production::start(&[plugin], 1, 1, &RateLimitOptions::default());
+    window_with(60, Duration::from_secs(25));
+    for id in 1..=3 {
+        assert_passed(
+            &p.post(0, &tools_call(id, "search_docs")),
+            id,
+            "search_docs",
+        );
+    }
+    assert_eq!(p.post(0, &tools_call(4, "search_docs")).status, 429);
+    let denied_at = Instant::now();
+    // The operator raises the limit to 100 a minute.
+    let raised = limits().replace("requests_per_unit: 3", "requests_per_unit: 100");
+    assert_ne!(raised, limits());
+    p.services[0].restart_with(&[&raised]).unwrap();
+    assert!(
+        denied_at.elapsed() < Duration::from_secs(4),
+        "the restart took too long"
+    );
+    // Still denied from the cache...
+    assert_eq!(p.post(0, &tools_call(5, "search_docs")).status, 429);
+    assert_eq!(p.stat(0, "over_limit_cached"), 1);
+    // ...until the cap: then admitted.
+    let mut id = 6;
+    let admitted_after = loop {
+        let resp = p.post(0, &tools_call(id, "search_docs"));
+        if resp.status == 200 {
+            assert_passed(&resp, id, "search_docs");
+            break denied_at.elapsed();
+        }
+        assert_eq!(resp.status, 429, "{resp:?}");
+        assert!(
+            denied_at.elapsed() < Duration::from_secs(8),
+            "still denied after the cap"
+        );
+        id += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("raised limit admitted {admitted_after:?} after the denial");
+    assert!(
+        admitted_after >= Duration::from_millis(5000),
+        "{admitted_after:?}"
+    );
+    // The denial is forgotten: the next calls are asked, and admitted.
+    let checked = p.stat(0, "checked");
+    assert_passed(
+        &p.post(0, &tools_call(100, "search_docs")),
+        100,
+        "search_docs",
+    );
+    assert_eq!(p.stat(0, "checked"), checked + 1);
+}
