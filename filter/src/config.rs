@@ -2,11 +2,12 @@
 
 use std::fmt;
 
-use serde::Deserialize;
-
 use crate::mcp_headers::{METHOD, NAME, PROTOCOL_VERSION};
 pub use crate::message::ParamHeader;
 use crate::rls;
+
+mod de;
+use de::{Fields, Val};
 
 /// The default cap on a buffered request body (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
@@ -103,8 +104,7 @@ pub struct Descriptor {
 }
 
 /// What a descriptor does when an identity source is absent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnMissing {
     /// The descriptor is not sent (Envoy's own behaviour).
     Skip,
@@ -113,8 +113,7 @@ pub enum OnMissing {
 }
 
 /// What a resolved tool outside `tools` becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnknownTools {
     /// Sent as [`OTHER_TOOL`]: one shared bucket.
     Other,
@@ -123,8 +122,7 @@ pub enum UnknownTools {
 }
 
 /// `ratelimit_headers`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RateLimitHeaders {
     Off,
     Draft03,
@@ -173,8 +171,7 @@ impl Source {
 }
 
 /// The MCP request fields a descriptor can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum McpField {
     /// The JSON-RPC method.
     Method,
@@ -214,138 +211,172 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The configuration as given (see [`de::CONFIG`]).
 struct RawConfig {
-    #[serde(deserialize_with = "de_domain")]
     domain: String,
-    #[serde(deserialize_with = "de_rls_cluster")]
     rls_cluster: String,
-    #[serde(default = "default_timeout", deserialize_with = "de_timeout_ms")]
     timeout_ms: u64,
-    #[serde(default, deserialize_with = "de_failure_mode_deny")]
     failure_mode_deny: bool,
-    #[serde(default = "default_max_body", deserialize_with = "de_max_body_bytes")]
     max_body_bytes: usize,
-    #[serde(default = "default_true", deserialize_with = "de_hold_headers")]
     hold_headers: bool,
-    #[serde(default = "default_true", deserialize_with = "de_sniff_bodies")]
     sniff_bodies: bool,
-    #[serde(default, deserialize_with = "de_refuse_batches")]
     refuse_batches: bool,
-    #[serde(default = "default_meta_tools", deserialize_with = "de_meta_tools")]
     meta_tools: Vec<String>,
-    #[serde(default = "default_true", deserialize_with = "de_validate_mcp_headers")]
     validate_mcp_headers: bool,
-    #[serde(default, deserialize_with = "de_header_fast_path")]
     header_fast_path: bool,
-    #[serde(default, deserialize_with = "de_param_headers")]
     param_headers: Vec<RawParamHeader>,
-    #[serde(default, deserialize_with = "de_descriptors")]
     descriptors: Option<Vec<RawDescriptor>>,
-    #[serde(default, deserialize_with = "de_shadow")]
     shadow: bool,
-    #[serde(default, deserialize_with = "de_tool_costs")]
     tool_costs: ToolCosts,
-    #[serde(default = "default_cost", deserialize_with = "de_default_cost")]
     default_cost: u64,
-    #[serde(default, deserialize_with = "de_tools")]
     tools: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "de_unknown_tools")]
     unknown_tools: Option<UnknownTools>,
-    #[serde(default, deserialize_with = "de_ratelimit_headers")]
     ratelimit_headers: Option<RateLimitHeaders>,
-    #[serde(default, deserialize_with = "de_filter_state")]
     filter_state: bool,
-    #[serde(default = "default_true", deserialize_with = "de_over_limit_cache")]
     over_limit_cache: bool,
-    #[serde(
-        default = "default_cache_ms",
-        deserialize_with = "de_over_limit_cache_max_ms"
-    )]
     over_limit_cache_max_ms: u64,
-    #[serde(
-        default = "default_entries",
-        deserialize_with = "de_over_limit_cache_entries"
-    )]
     over_limit_cache_entries: u32,
-    #[serde(default = "default_entries", deserialize_with = "de_lease_entries")]
     lease_entries: u32,
-    #[serde(default, deserialize_with = "de_over_limit")]
     over_limit: RawReply,
-    #[serde(default, deserialize_with = "de_rls_failure")]
     rls_failure: RawReply,
 }
 
-/// Defines a field deserializer whose errors start with the field's name
-/// (serde's own messages do not say which field a type error is in).
-macro_rules! named {
-    ($($fn:ident: $ty:ty = $name:literal;)*) => {$(
-        fn $fn<'de, D: serde::Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
-            <$ty as Deserialize>::deserialize(d)
-                .map_err(|e| <D::Error as serde::de::Error>::custom(format_args!(concat!("`", $name, "`: {}"), e)))
+impl RawConfig {
+    /// The fields of [`de::CONFIG`], in its order; an absent one is its
+    /// default.
+    fn from_val(v: Val) -> RawConfig {
+        let mut f = v.into_fields();
+        let bool_or = |f: &mut Fields, default: bool| f.next().map_or(default, Val::into_bool);
+        RawConfig {
+            domain: f.next().map(Val::into_str).unwrap_or_default(),
+            rls_cluster: f.next().map(Val::into_str).unwrap_or_default(),
+            timeout_ms: f.next().map_or(DEFAULT_TIMEOUT_MS, Val::into_u64),
+            failure_mode_deny: bool_or(&mut f, false),
+            max_body_bytes: f.next().map_or(DEFAULT_MAX_BODY_BYTES, |v| {
+                usize::try_from(v.into_u64()).unwrap_or(usize::MAX)
+            }),
+            hold_headers: bool_or(&mut f, true),
+            sniff_bodies: bool_or(&mut f, true),
+            refuse_batches: bool_or(&mut f, false),
+            meta_tools: f
+                .next()
+                .map_or_else(|| vec!["call_tool".to_owned()], Val::into_strs),
+            validate_mcp_headers: bool_or(&mut f, true),
+            header_fast_path: bool_or(&mut f, false),
+            param_headers: f.next().map_or_else(Vec::new, |v| {
+                v.into_list()
+                    .into_iter()
+                    .map(RawParamHeader::from_val)
+                    .collect()
+            }),
+            descriptors: f.opt().map(|v| {
+                v.into_list()
+                    .into_iter()
+                    .filter_map(Val::into_raw)
+                    .collect()
+            }),
+            shadow: bool_or(&mut f, false),
+            tool_costs: ToolCosts(f.next().map_or_else(Vec::new, Val::into_costs)),
+            default_cost: f.next().map_or(1, Val::into_u64),
+            tools: f.opt().map(Val::into_strs),
+            unknown_tools: f.opt().map(|v| match v.into_variant() {
+                0 => UnknownTools::Other,
+                _ => UnknownTools::Refuse,
+            }),
+            ratelimit_headers: f.opt().map(|v| match v.into_variant() {
+                0 => RateLimitHeaders::Off,
+                _ => RateLimitHeaders::Draft03,
+            }),
+            filter_state: bool_or(&mut f, false),
+            over_limit_cache: bool_or(&mut f, true),
+            over_limit_cache_max_ms: f.next().map_or(DEFAULT_CACHE_MS, Val::into_u64),
+            over_limit_cache_entries: f.next().map_or(DEFAULT_ENTRIES, |v| {
+                u32::try_from(v.into_u64()).unwrap_or(u32::MAX)
+            }),
+            lease_entries: f.next().map_or(DEFAULT_ENTRIES, |v| {
+                u32::try_from(v.into_u64()).unwrap_or(u32::MAX)
+            }),
+            over_limit: f.next().map(RawReply::from_val).unwrap_or_default(),
+            rls_failure: f.next().map(RawReply::from_val).unwrap_or_default(),
         }
-    )*};
+    }
 }
 
-named! {
-    de_domain: String = "domain";
-    de_rls_cluster: String = "rls_cluster";
-    de_timeout_ms: u64 = "timeout_ms";
-    de_failure_mode_deny: bool = "failure_mode_deny";
-    de_max_body_bytes: usize = "max_body_bytes";
-    de_hold_headers: bool = "hold_headers";
-    de_sniff_bodies: bool = "sniff_bodies";
-    de_refuse_batches: bool = "refuse_batches";
-    de_meta_tools: Vec<String> = "meta_tools";
-    de_validate_mcp_headers: bool = "validate_mcp_headers";
-    de_header_fast_path: bool = "header_fast_path";
-    de_param_headers: Vec<RawParamHeader> = "param_headers";
-    de_descriptors: Option<Vec<RawDescriptor>> = "descriptors";
-    de_shadow: bool = "shadow";
-    de_tool_costs: ToolCosts = "tool_costs";
-    de_default_cost: u64 = "default_cost";
-    de_tools: Option<Vec<String>> = "tools";
-    de_unknown_tools: Option<UnknownTools> = "unknown_tools";
-    de_on_missing: Option<OnMissing> = "on_missing";
-    de_ratelimit_headers: Option<RateLimitHeaders> = "ratelimit_headers";
-    de_retry_after_ms: Option<bool> = "retry_after_ms";
-    de_filter_state: bool = "filter_state";
-    de_over_limit_cache: bool = "over_limit_cache";
-    de_over_limit_cache_max_ms: u64 = "over_limit_cache_max_ms";
-    de_over_limit_cache_entries: u32 = "over_limit_cache_entries";
-    de_lease_entries: u32 = "lease_entries";
-    de_lease: Option<u64> = "lease";
-    de_descriptor_shadow: Option<bool> = "shadow";
-    de_descriptor_cost: Option<bool> = "cost";
-    de_over_limit: RawReply = "over_limit";
-    de_rls_failure: RawReply = "rls_failure";
+impl RawParamHeader {
+    fn from_val(v: Val) -> RawParamHeader {
+        let mut f = v.into_fields();
+        let mut s = || f.next().map(Val::into_str).unwrap_or_default();
+        RawParamHeader {
+            tool: s(),
+            argument: s(),
+            header: s(),
+        }
+    }
 }
 
-fn default_timeout() -> u64 {
-    DEFAULT_TIMEOUT_MS
-}
-fn default_true() -> bool {
-    true
-}
-fn default_max_body() -> usize {
-    DEFAULT_MAX_BODY_BYTES
-}
-fn default_cost() -> u64 {
-    1
-}
-fn default_cache_ms() -> u64 {
-    DEFAULT_CACHE_MS
-}
-fn default_entries() -> u32 {
-    DEFAULT_ENTRIES
-}
-fn default_meta_tools() -> Vec<String> {
-    vec!["call_tool".to_owned()]
+impl RawDescriptorObject {
+    fn from_val(v: Val) -> RawDescriptorObject {
+        let mut f = v.into_fields();
+        RawDescriptorObject {
+            name: f.opt().map(Val::into_str),
+            entries: f.next().map_or_else(Vec::new, entries),
+            on_missing: f.opt().map(|v| match v.into_variant() {
+                0 => OnMissing::Skip,
+                _ => OnMissing::Refuse,
+            }),
+            shadow: f.opt().map(Val::into_bool),
+            cost: f.opt().map(Val::into_bool),
+            lease: f.opt().map(Val::into_u64),
+        }
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The entries of a descriptor ([`de::ENTRIES`]).
+fn entries(v: Val) -> Vec<RawEntry> {
+    v.into_list().into_iter().map(RawEntry::from_val).collect()
+}
+
+impl RawEntry {
+    fn from_val(v: Val) -> RawEntry {
+        let mut f = v.into_fields();
+        RawEntry {
+            key: f.next().map(Val::into_str).unwrap_or_default(),
+            value: f.opt().map(Val::into_str),
+            mcp: f.opt().map(|v| match v.into_variant() {
+                0 => McpField::Method,
+                1 => McpField::Tool,
+                2 => McpField::Prompt,
+                3 => McpField::Resource,
+                4 => McpField::SessionId,
+                _ => McpField::ProtocolVersion,
+            }),
+            header: f.opt().map(Val::into_str),
+            metadata: f.opt().map(|v| {
+                let mut m = v.into_fields();
+                RawMetadata {
+                    namespace: m.next().map(Val::into_str).unwrap_or_default(),
+                    path: m.next().map_or_else(Vec::new, Val::into_strs),
+                }
+            }),
+            default: f.opt().map(Val::into_str),
+        }
+    }
+}
+
+impl RawReply {
+    fn from_val(v: Val) -> RawReply {
+        let mut f = v.into_fields();
+        RawReply {
+            http_status: f
+                .opt()
+                .map(|v| u32::try_from(v.into_u64()).unwrap_or(u32::MAX)),
+            code: f.opt().map(Val::into_i64),
+            message: f.opt().map(Val::into_str),
+            retry_after_ms: f.opt().map(Val::into_bool),
+        }
+    }
+}
+
 struct RawParamHeader {
     tool: String,
     argument: String,
@@ -366,50 +397,19 @@ const MAX_TOOLS: usize = 4096;
 #[derive(Default)]
 struct ToolCosts(Vec<(String, u64)>);
 
-impl<'de> Deserialize<'de> for ToolCosts {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Costs;
-        impl<'de> serde::de::Visitor<'de> for Costs {
-            type Value = ToolCosts;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of tool names and costs")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<ToolCosts, A::Error> {
-                let mut out = Vec::new();
-                while let Some(entry) = map.next_entry::<String, u64>()? {
-                    out.push(entry);
-                }
-                Ok(ToolCosts(out))
-            }
-        }
-        d.deserialize_map(Costs)
-    }
-}
-
 /// A descriptor as configured: a list of entries, or an object; read in
 /// [`descriptors`], each element on its own.
 type RawDescriptor = Box<serde_json::value::RawValue>;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawDescriptorObject {
     name: Option<String>,
     entries: Vec<RawEntry>,
-    #[serde(default, deserialize_with = "de_on_missing")]
     on_missing: Option<OnMissing>,
-    #[serde(default, deserialize_with = "de_descriptor_shadow")]
     shadow: Option<bool>,
-    #[serde(default, deserialize_with = "de_descriptor_cost")]
     cost: Option<bool>,
-    #[serde(default, deserialize_with = "de_lease")]
     lease: Option<u64>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawEntry {
     key: String,
     value: Option<String>,
@@ -419,28 +419,25 @@ struct RawEntry {
     default: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawMetadata {
     namespace: String,
     path: Vec<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct RawReply {
     http_status: Option<u32>,
     code: Option<i64>,
     message: Option<String>,
-    #[serde(default, deserialize_with = "de_retry_after_ms")]
     retry_after_ms: Option<bool>,
 }
 
 impl Config {
     /// Parses and validates the plugin configuration (JSON).
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            serde_json::from_slice(bytes).map_err(|e| ConfigError(e.to_string()))?;
+        let raw = de::parse(bytes, &de::CONFIG)
+            .map(RawConfig::from_val)
+            .map_err(|e| ConfigError(e.to_string()))?;
         raw.check_bounds()?;
         let param_headers = param_headers(raw.param_headers)?;
         let descriptors = descriptors(raw.descriptors, raw.shadow)?;
@@ -649,14 +646,16 @@ fn descriptors(
         let (name, raw_entries, on_missing, own_shadow, cost, lease) = match text.first() {
             Some(b'[') => (
                 None,
-                serde_json::from_slice(text).map_err(wrap)?,
+                entries(de::parse(text, &de::ENTRIES).map_err(wrap)?),
                 None,
                 None,
                 None,
                 None,
             ),
             Some(b'{') => {
-                let o: RawDescriptorObject = serde_json::from_slice(text).map_err(wrap)?;
+                let o = RawDescriptorObject::from_val(
+                    de::parse(text, &de::DESCRIPTOR_OBJECT).map_err(wrap)?,
+                );
                 (o.name, o.entries, o.on_missing, o.shadow, o.cost, o.lease)
             }
             _ => {
@@ -733,7 +732,7 @@ fn tool_costs(ToolCosts(mut raw): ToolCosts) -> Result<Vec<(String, u64)>, Confi
             )));
         }
     }
-    raw.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    sort_by_name(&mut raw, |c| &c.0);
     if let Some(w) = raw
         .windows(2)
         .find(|w| w.first().map(|x| &x.0) == w.get(1).map(|x| &x.0))
@@ -770,7 +769,7 @@ fn tools(
             "`tools` must not contain an empty name or {OTHER_TOOL}"
         )));
     }
-    list.sort_unstable();
+    sort_by_name(&mut list, String::as_str);
     if let Some(w) = list.windows(2).find(|w| w.first() == w.get(1)) {
         return Err(ConfigError(format!(
             "`tools` lists {} twice",
@@ -778,6 +777,38 @@ fn tools(
         )));
     }
     Ok(Some(list))
+}
+
+/// Sorts `v` by `name` (a heapsort: a few hundred bytes of code, where
+/// the standard library's sorts are several kilobytes each, for lists that
+/// are sorted once).
+fn sort_by_name<T>(v: &mut [T], name: impl Fn(&T) -> &str) {
+    let less = |v: &[T], a: usize, b: usize| match (v.get(a), v.get(b)) {
+        (Some(x), Some(y)) => name(x) < name(y),
+        _ => false,
+    };
+    let sift = |v: &mut [T], mut root: usize, end: usize| loop {
+        let mut child = 2 * root + 1;
+        if child >= end {
+            break;
+        }
+        if child + 1 < end && less(v, child, child + 1) {
+            child += 1;
+        }
+        if !less(v, root, child) {
+            break;
+        }
+        v.swap(root, child);
+        root = child;
+    };
+    let n = v.len();
+    for i in (0..n / 2).rev() {
+        sift(v, i, n);
+    }
+    for end in (1..n).rev() {
+        v.swap(0, end);
+        sift(v, 0, end);
+    }
 }
 
 impl Config {

@@ -1312,29 +1312,9 @@ fn decide_locally(
     now: u64,
 ) -> Result<Vec<Local>, Plan> {
     let store = SharedOf(host);
+    let store: &dyn Shared = &store;
     let probe_ms = cfg.timeout_ms.saturating_add(PROBE_MARGIN_MS);
-    // What the cache says of a descriptor at its own cost.
-    let cached = |k: usize, d: &Descriptor<'_>| -> Result<Local, Plan> {
-        let mut l = Local::default();
-        let shadow = cfg.descriptors.get(k).is_none_or(|c| c.shadow);
-        if cfg.over_limit_cache_ms.is_none() || shadow {
-            return Ok(l);
-        }
-        let key = shared_key(cfg, d, d.hits);
-        match local::lookup(&store, cfg.over_limit_cache_entries, &key, now, probe_ms) {
-            Cached::Deny(denial) => {
-                return Err(Plan::Deny {
-                    denial,
-                    descriptor: k,
-                    now,
-                })
-            }
-            Cached::Probe => l.probe = true,
-            Cached::Ask => {}
-        }
-        l.deny_key = Some(key);
-        Ok(l)
-    };
+    let cached = |k: usize, d: &Descriptor<'_>| cached(cfg, store, k, d, now);
     let lease_of = |k: usize| cfg.descriptors.get(k).and_then(|c| c.lease);
     // First the descriptors without a lease: a request denied by one of
     // them spends no lease.
@@ -1355,14 +1335,14 @@ fn decide_locally(
         };
         let key = shared_key(cfg, &d, 1);
         let own = d.hits;
-        let spent = match local::take(&store, cfg.lease_entries, &key, own, size, now, probe_ms) {
+        let spent = match local::take(store, cfg.lease_entries, &key, own, size, now, probe_ms) {
             Use::Spent => continue,
             Use::SpentAndRefill => true,
             Use::Refill => {
                 // Unpaid: a denial of it stands, and another request may
                 // renew the lease.
                 if let Err(deny) = cached(k, &d) {
-                    local::refill_failed(&store, cfg.lease_entries, &key);
+                    local::refill_failed(store, cfg.lease_entries, &key);
                     return Err(deny);
                 }
                 false
@@ -1388,6 +1368,37 @@ fn decide_locally(
     }
     *descriptors = kept;
     Ok(out)
+}
+
+/// What the over-limit cache says of descriptor `d` (configured index `k`)
+/// at its own cost: what its reply will teach, or the denial to repeat.
+fn cached(
+    cfg: &Config,
+    store: &dyn Shared,
+    k: usize,
+    d: &Descriptor<'_>,
+    now: u64,
+) -> Result<Local, Plan> {
+    let mut l = Local::default();
+    let shadow = cfg.descriptors.get(k).is_none_or(|c| c.shadow);
+    if cfg.over_limit_cache_ms.is_none() || shadow {
+        return Ok(l);
+    }
+    let key = shared_key(cfg, d, d.hits);
+    let probe_ms = cfg.timeout_ms.saturating_add(PROBE_MARGIN_MS);
+    match local::lookup(store, cfg.over_limit_cache_entries, &key, now, probe_ms) {
+        Cached::Deny(denial) => {
+            return Err(Plan::Deny {
+                denial,
+                descriptor: k,
+                now,
+            })
+        }
+        Cached::Probe => l.probe = true,
+        Cached::Ask => {}
+    }
+    l.deny_key = Some(key);
+    Ok(l)
 }
 
 /// How long a request that renews a lease or checks a remembered denial

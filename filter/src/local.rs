@@ -219,7 +219,7 @@ pub enum Cached {
 
 /// Looks `key` up at `now`; a request that finds a denial past its
 /// `deny_until` but within its window becomes the probe, if no other is.
-pub fn lookup(store: &impl Shared, slots: u32, key: &[u8], now: u64, probe_ms: u64) -> Cached {
+pub fn lookup(store: &dyn Shared, slots: u32, key: &[u8], now: u64, probe_ms: u64) -> Cached {
     let name = slot("deny", key, slots);
     let Some((value, cas)) = store.shared_get(&name) else {
         return Cached::Ask;
@@ -267,7 +267,7 @@ impl Reset {
 /// `now`): repeated until `min(earliest reset, now + max_ms)`.
 #[allow(clippy::too_many_arguments)]
 pub fn store_denial(
-    store: &impl Shared,
+    store: &dyn Shared,
     slots: u32,
     key: &[u8],
     reset: Reset,
@@ -296,7 +296,7 @@ pub fn store_denial(
 }
 
 /// The probe found the limit no longer exceeded: forget the denial.
-pub fn forget_denial(store: &impl Shared, slots: u32, key: &[u8]) {
+pub fn forget_denial(store: &dyn Shared, slots: u32, key: &[u8]) {
     let name = slot("deny", key, slots);
     if let Some((value, cas)) = store.shared_get(&name) {
         if Denial::decode(&value, key).is_some() {
@@ -366,11 +366,35 @@ pub enum Use {
     Plain,
 }
 
+/// Reads the lease of `key` (none: empty), lets `change` decide, and
+/// writes what it returns back with compare-and-swap, retrying from a fresh
+/// read when another writer came first; gives up (`None`) after
+/// [`CAS_ATTEMPTS`], or when `change` returns nothing to write.
+fn update<T>(
+    store: &dyn Shared,
+    slots: u32,
+    key: &[u8],
+    change: &dyn Fn(&mut Lease) -> Option<T>,
+) -> Option<T> {
+    let name = slot("lease", key, slots);
+    for _ in 0..CAS_ATTEMPTS {
+        let (mut lease, cas) = match store.shared_get(&name) {
+            Some((value, cas)) => (Lease::decode(&value, key).unwrap_or_default(), cas),
+            None => (Lease::default(), 0),
+        };
+        let out = change(&mut lease)?;
+        if store.shared_set(&name, &lease.encode(key), cas) {
+            return Some(out);
+        }
+    }
+    None
+}
+
 /// Spends `hits` of the lease of `key` if it can, and decides whether this
 /// request asks for the next `size` hits: when the lease is empty, or half
 /// spent, and no other request is asking.
 pub fn take(
-    store: &impl Shared,
+    store: &dyn Shared,
     slots: u32,
     key: &[u8],
     hits: u64,
@@ -381,12 +405,7 @@ pub fn take(
     if hits >= size || key.len() > MAX_KEY {
         return Use::Plain;
     }
-    let name = slot("lease", key, slots);
-    for _ in 0..CAS_ATTEMPTS {
-        let (mut lease, cas) = match store.shared_get(&name) {
-            Some((value, cas)) => (Lease::decode(&value, key).unwrap_or_default(), cas),
-            None => (Lease::default(), 0),
-        };
+    let change = |lease: &mut Lease| {
         let valid = now < lease.valid_until;
         let spent = valid && lease.remaining >= hits;
         if spent {
@@ -398,18 +417,15 @@ pub fn take(
         if refill {
             lease.refill_until = now.saturating_add(refill_ms);
         }
-        let outcome = match (spent, refill) {
-            (true, false) => Use::Spent,
-            (true, true) => Use::SpentAndRefill,
-            (false, true) => Use::Refill,
+        match (spent, refill) {
+            (true, false) => Some(Use::Spent),
+            (true, true) => Some(Use::SpentAndRefill),
+            (false, true) => Some(Use::Refill),
             // Another request is renewing the lease: ask as usual.
-            (false, false) => return Use::Plain,
-        };
-        if store.shared_set(&name, &lease.encode(key), cas) {
-            return outcome;
+            (false, false) => None,
         }
-    }
-    Use::Plain
+    };
+    update(store, slots, key, &change).unwrap_or(Use::Plain)
 }
 
 /// The service granted a lease of `size` hits for `key`, asked at `asked`,
@@ -418,7 +434,7 @@ pub fn take(
 /// only ever lost (fewer admitted), never spent twice.
 #[allow(clippy::too_many_arguments)]
 pub fn grant(
-    store: &impl Shared,
+    store: &dyn Shared,
     slots: u32,
     key: &[u8],
     size: u64,
@@ -428,12 +444,7 @@ pub fn grant(
     now: u64,
 ) {
     let valid_until = reset.earliest(asked);
-    let name = slot("lease", key, slots);
-    for _ in 0..CAS_ATTEMPTS {
-        let (mut lease, cas) = match store.shared_get(&name) {
-            Some((value, cas)) => (Lease::decode(&value, key).unwrap_or_default(), cas),
-            None => (Lease::default(), 0),
-        };
+    let change = |lease: &mut Lease| {
         let same_window = now < lease.valid_until && lease.valid_until.abs_diff(valid_until) < 2000;
         if same_window {
             lease.valid_until = lease.valid_until.min(valid_until);
@@ -447,47 +458,38 @@ pub fn grant(
             // Too close to the reset to spend: dropped.
             lease.remaining = 0;
         }
-        if store.shared_set(&name, &lease.encode(key), cas) {
-            return;
-        }
-    }
+        Some(())
+    };
+    update(store, slots, key, &change);
 }
 
 /// The service refused a lease for `key`: one hit per request until the
 /// window resets (`reset`), or for a second when it gave no reset.
 pub fn refused(
-    store: &impl Shared,
+    store: &dyn Shared,
     slots: u32,
     key: &[u8],
     reset: Option<Reset>,
     asked: u64,
     now: u64,
 ) {
-    let name = slot("lease", key, slots);
     let until = reset.map_or(now.saturating_add(1000), |r| asked.saturating_add(r.ms));
-    for _ in 0..CAS_ATTEMPTS {
-        let (mut lease, cas) = match store.shared_get(&name) {
-            Some((value, cas)) => (Lease::decode(&value, key).unwrap_or_default(), cas),
-            None => (Lease::default(), 0),
-        };
+    let change = |lease: &mut Lease| {
         lease.refused_until = until;
         lease.refill_until = 0;
-        if store.shared_set(&name, &lease.encode(key), cas) {
-            return;
-        }
-    }
+        Some(())
+    };
+    update(store, slots, key, &change);
 }
 
 /// The call that was to renew the lease of `key` failed: let another
 /// request try.
-pub fn refill_failed(store: &impl Shared, slots: u32, key: &[u8]) {
-    let name = slot("lease", key, slots);
-    if let Some((value, cas)) = store.shared_get(&name) {
-        if let Some(mut lease) = Lease::decode(&value, key) {
-            lease.refill_until = 0;
-            store.shared_set(&name, &lease.encode(key), cas);
-        }
-    }
+pub fn refill_failed(store: &dyn Shared, slots: u32, key: &[u8]) {
+    let change = |lease: &mut Lease| {
+        lease.refill_until = 0;
+        Some(())
+    };
+    update(store, slots, key, &change);
 }
 
 #[cfg(test)]

@@ -294,9 +294,8 @@ pub struct Reading<'a> {
 
 /// Turns a reply body into a verdict.
 pub fn decode_response(bytes: &[u8], reading: Reading<'_>) -> Result<Verdict, RlsError> {
-    use prost::Message;
     let shadow = reading.shadow;
-    let resp = pb::RateLimitResponse::decode(bytes).map_err(|_| RlsError::Undecodable)?;
+    let resp = wire::response(bytes).ok_or(RlsError::Undecodable)?;
     let mut response_headers = headers(resp.response_headers_to_add);
     if reading.ratelimit_headers {
         let aligned = !shadow.is_empty() && resp.statuses.len() == shadow.len();
@@ -388,6 +387,179 @@ pub fn decode_response(bytes: &[u8], reading: Reading<'_>) -> Result<Verdict, Rl
             })
         }
         other => Err(RlsError::UnknownCode(other)),
+    }
+}
+
+/// A hand-written `RateLimitResponse` decoder with prost's rules: what
+/// `pb::RateLimitResponse::decode` refuses is refused (bad varints and
+/// keys, wrong wire types, lengths past the end, strings that are not
+/// UTF-8, unbalanced groups, nesting past prost's recursion limit), and
+/// what it accepts gives the same message. It avoids prost's generic
+/// decoding code in the module.
+mod wire {
+    use super::pb;
+
+    /// prost's `RECURSION_LIMIT`.
+    const LIMIT: u32 = 100;
+
+    const VARINT: u8 = 0;
+    const LEN: u8 = 2;
+
+    /// A LEB128 varint of at most 10 bytes that fits in 64 bits.
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                return (i < 9 || byte < 2).then_some(value);
+            }
+        }
+        None
+    }
+
+    /// A field key: its tag (not 0) and wire type (0 to 5).
+    fn key(b: &mut &[u8]) -> Option<(u32, u8)> {
+        let key = u32::try_from(varint(b)?).ok()?;
+        let wire = (key & 7) as u8;
+        (wire <= 5 && key >> 3 != 0).then_some((key >> 3, wire))
+    }
+
+    /// `n` bytes taken from the front of `b`.
+    fn take<'a>(b: &mut &'a [u8], n: u64) -> Option<&'a [u8]> {
+        let n = usize::try_from(n).ok()?;
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+
+    /// A length-delimited field's bytes.
+    fn delimited<'a>(b: &mut &'a [u8], wire: u8) -> Option<&'a [u8]> {
+        if wire != LEN {
+            return None;
+        }
+        let len = varint(b)?;
+        take(b, len)
+    }
+
+    /// A varint field's value.
+    fn scalar(b: &mut &[u8], wire: u8) -> Option<u64> {
+        if wire != VARINT {
+            return None;
+        }
+        varint(b)
+    }
+
+    fn string(b: &mut &[u8], wire: u8) -> Option<String> {
+        String::from_utf8(delimited(b, wire)?.to_vec()).ok()
+    }
+
+    /// Skips an unknown field (prost's `skip_field`); `depth` is what is
+    /// left of the recursion limit.
+    fn skip(b: &mut &[u8], wire: u8, tag: u32, depth: u32) -> Option<()> {
+        if depth == 0 {
+            return None;
+        }
+        let len = match wire {
+            0 => varint(b).map(|_| 0)?,
+            1 => 8,
+            2 => varint(b)?,
+            3 => loop {
+                let (inner, inner_wire) = key(b)?;
+                if inner_wire == 4 {
+                    if inner != tag {
+                        return None;
+                    }
+                    break 0;
+                }
+                skip(b, inner_wire, inner, depth - 1)?;
+            },
+            5 => 4,
+            _ => return None,
+        };
+        take(b, len).map(|_| ())
+    }
+
+    /// Reads the fields of one message: `field` handles the known tags
+    /// (`Some(false)`: unknown, skipped).
+    fn fields(
+        mut b: &[u8],
+        depth: u32,
+        mut field: impl FnMut(u32, u8, &mut &[u8]) -> Option<bool>,
+    ) -> Option<()> {
+        while !b.is_empty() {
+            let (tag, wire) = key(&mut b)?;
+            if !field(tag, wire, &mut b)? {
+                skip(&mut b, wire, tag, depth)?;
+            }
+        }
+        Some(())
+    }
+
+    pub(super) fn response(bytes: &[u8]) -> Option<pb::RateLimitResponse> {
+        let mut r = pb::RateLimitResponse::default();
+        fields(bytes, LIMIT, |tag, wire, b| {
+            match tag {
+                1 => r.overall_code = scalar(b, wire)? as i32,
+                2 => r.statuses.push(status(delimited(b, wire)?, LIMIT - 1)?),
+                3 => r.response_headers_to_add.push(header(delimited(b, wire)?)?),
+                4 => r.request_headers_to_add.push(header(delimited(b, wire)?)?),
+                _ => return Some(false),
+            }
+            Some(true)
+        })?;
+        Some(r)
+    }
+
+    fn status(bytes: &[u8], depth: u32) -> Option<pb::DescriptorStatus> {
+        let mut s = pb::DescriptorStatus::default();
+        fields(bytes, depth, |tag, wire, b| {
+            match tag {
+                1 => s.code = scalar(b, wire)? as i32,
+                2 => {
+                    let limit = s.current_limit.get_or_insert_with(Default::default);
+                    fields(delimited(b, wire)?, depth - 1, |tag, wire, b| {
+                        match tag {
+                            1 => limit.requests_per_unit = scalar(b, wire)? as u32,
+                            2 => limit.unit = scalar(b, wire)? as i32,
+                            3 => limit.name = string(b, wire)?,
+                            _ => return Some(false),
+                        }
+                        Some(true)
+                    })?;
+                }
+                3 => s.limit_remaining = scalar(b, wire)? as u32,
+                4 => {
+                    let d = s.duration_until_reset.get_or_insert_with(Default::default);
+                    fields(delimited(b, wire)?, depth - 1, |tag, wire, b| {
+                        match tag {
+                            1 => d.seconds = scalar(b, wire)? as i64,
+                            2 => d.nanos = scalar(b, wire)? as i32,
+                            _ => return Some(false),
+                        }
+                        Some(true)
+                    })?;
+                }
+                _ => return Some(false),
+            }
+            Some(true)
+        })?;
+        Some(s)
+    }
+
+    fn header(bytes: &[u8]) -> Option<pb::HeaderValue> {
+        let mut h = pb::HeaderValue::default();
+        fields(bytes, LIMIT - 1, |tag, wire, b| {
+            match tag {
+                1 => h.key = string(b, wire)?,
+                2 => h.value = string(b, wire)?,
+                3 => h.raw_value = delimited(b, wire)?.to_vec(),
+                _ => return Some(false),
+            }
+            Some(true)
+        })?;
+        Some(h)
     }
 }
 

@@ -3,9 +3,9 @@
 //! this module does not know is logged and ignored.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 
 use crate::hostcalls;
+use crate::idmap::IdMap;
 use crate::wire::{Action, BufferType};
 
 /// A plugin: one per plugin configuration in the VM.
@@ -48,19 +48,18 @@ pub trait StreamContext {
 pub type NewRoot = fn(context_id: u32) -> Box<dyn RootContext>;
 
 /// All the module's contexts.
-#[derive(Default)]
 pub(crate) struct Dispatcher {
     new_root: Cell<Option<NewRoot>>,
-    roots: RefCell<BTreeMap<u32, Box<dyn RootContext>>>,
-    streams: RefCell<BTreeMap<u32, Box<dyn StreamContext>>>,
+    roots: RefCell<IdMap<Box<dyn RootContext>>>,
+    streams: RefCell<IdMap<Box<dyn StreamContext>>>,
     /// gRPC calls in flight: token → the context that started the call.
-    calls: RefCell<BTreeMap<u32, u32>>,
+    calls: RefCell<IdMap<u32>>,
     /// The context of the callback being run.
     active: Cell<u32>,
 }
 
 thread_local! {
-    static DISPATCHER: Dispatcher = Dispatcher::default();
+    static DISPATCHER: Dispatcher = const { Dispatcher::new() };
 }
 
 /// Runs `f` on the module's dispatcher; `None` if it cannot be reached
@@ -89,6 +88,18 @@ pub(crate) fn call_ended(token: u32) {
 }
 
 impl Dispatcher {
+    /// No plugin and no context yet (a constant: the thread-local needs no
+    /// lazy initialisation).
+    const fn new() -> Self {
+        Dispatcher {
+            new_root: Cell::new(None),
+            roots: RefCell::new(IdMap::new()),
+            streams: RefCell::new(IdMap::new()),
+            calls: RefCell::new(IdMap::new()),
+            active: Cell::new(0),
+        }
+    }
+
     pub(crate) fn set_root(&self, new_root: NewRoot) {
         self.new_root.set(Some(new_root));
     }
@@ -109,10 +120,12 @@ impl Dispatcher {
         }
         // A stream of a root never created is served by a root never
         // configured, which refuses its requests.
-        let root = roots.entry(root_id).or_insert_with(|| {
+        let Some(root) = roots.get_or_insert_with(root_id, || {
             log::error!("[{id}] stream of unknown root context {root_id}");
             new_root(root_id)
-        });
+        }) else {
+            return;
+        };
         let stream = root.create_stream(id);
         drop(roots);
         self.insert_stream(id, stream);
@@ -308,7 +321,7 @@ mod tests {
     }
 
     fn started() -> Dispatcher {
-        let d = Dispatcher::default();
+        let d = Dispatcher::new();
         d.set_root(new_root);
         d.create(1, 0);
         assert!(d.configure(1, 0));
@@ -335,7 +348,7 @@ mod tests {
 
     #[test]
     fn a_configuration_the_host_cannot_give_is_refused() {
-        let d = Dispatcher::default();
+        let d = Dispatcher::new();
         d.set_root(new_root);
         d.create(1, 0);
         // Native builds have no host: the read fails.
@@ -387,7 +400,7 @@ mod tests {
 
     #[test]
     fn nothing_happens_before_the_module_is_started() {
-        let d = Dispatcher::default();
+        let d = Dispatcher::new();
         d.create(1, 0);
         d.create(2, 1);
         assert!(!d.configure(1, 0));

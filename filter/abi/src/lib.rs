@@ -30,6 +30,7 @@
 mod dispatch;
 pub mod exports;
 pub mod hostcalls;
+mod idmap;
 mod logger;
 mod wire;
 
