@@ -193,6 +193,10 @@ def _scenarios():
             "call and reaches the MCP server.",
             one_k, lua(one_k), ALLOWED,
             [ROUTER, NATIVE, FILTER,
+             Config("filter-uncached", "mcp-ratelimit, no over-limit cache", "filter", "one",
+                    plugin={"over_limit_cache": False}, needs=("over_limit_cache",),
+                    note="what the over-limit cache's lookup (one shared-data read per descriptor) "
+                         "costs an allowed request"),
              Config("filter-buffer", "mcp-ratelimit + buffer filter", "filter", "one", base="buffer",
                     note="envoy/envoy-buffer-filter.yaml: hold_headers false, Envoy's buffer filter "
                          "after the filter (for proxies without allow_on_headers_stop_iteration)")]),
