@@ -177,6 +177,52 @@ impl Stack {
     }
 }
 
+/// Envoy's native peer (`bench/envoy-native.yaml`: the `mcp` filter and the
+/// `ratelimit` filter keyed on the tool it finds), in front of its own
+/// dev-rls with `limits` and its own MCP server; `extra` substitutions are
+/// applied after the ports (e.g. a longer timeout).
+pub struct Native {
+    pub envoy: Envoy,
+    pub rls: DevRls,
+    pub up: McpUpstream,
+    pub addr: SocketAddr,
+}
+
+impl Native {
+    pub fn start(limits: &str, extra: &[(&str, String)]) -> Native {
+        let rls = DevRls::start(&[limits]).unwrap();
+        let up = McpUpstream::start().unwrap();
+        let template =
+            std::fs::read_to_string(Paths::discover().root.join("bench/envoy-native.yaml"))
+                .unwrap();
+        let mut subs = vec![
+            ("port_value: 10000", "port_value: 0".to_owned()),
+            ("port_value: 9901", "port_value: 0".to_owned()),
+            ("port_value: 8081", format!("port_value: {}", rls.port())),
+            ("port_value: 8082", format!("port_value: {}", up.port())),
+        ];
+        subs.extend(extra.iter().map(|(a, b)| (*a, b.clone())));
+        let yaml = render(&template, &subs).unwrap();
+        let envoy = Envoy::start(&yaml).unwrap();
+        let addr = envoy.listener_addr().unwrap();
+        Native {
+            envoy,
+            rls,
+            up,
+            addr,
+        }
+    }
+
+    /// POSTs a JSON body to `/mcp` with the `Accept` an MCP client sends
+    /// (without it the native filter does not parse).
+    pub fn post(&self, body: &str) -> Response {
+        post_json(self.addr, "/mcp", body, &[("accept", ACCEPT)]).unwrap()
+    }
+}
+
+/// The `Accept` of an MCP client's POST.
+pub const ACCEPT: &str = "application/json, text/event-stream";
+
 #[cfg(test)]
 mod tests {
     use super::*;

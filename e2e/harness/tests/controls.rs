@@ -270,35 +270,14 @@ fn draft03_headers_match_envoys_own_ratelimit_filter() {
     let plugin = r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,
         "ratelimit_headers":"draft03","over_limit":{"retry_after_ms":true}}"#;
     let ours = Stack::start(plugin, &limits);
-    let native_rls = e2e::DevRls::start(&[&limits]).unwrap();
-    let native_up = e2e::McpUpstream::start().unwrap();
-    let template =
-        std::fs::read_to_string(e2e::Paths::discover().root.join("bench/envoy-native.yaml"))
-            .unwrap();
-    let yaml = e2e::render(
-        &template,
-        &[
-            ("port_value: 10000", "port_value: 0".to_owned()),
-            ("port_value: 9901", "port_value: 0".to_owned()),
-            (
-                "port_value: 8081",
-                format!("port_value: {}", native_rls.port()),
-            ),
-            (
-                "port_value: 8082",
-                format!("port_value: {}", native_up.port()),
-            ),
-            (
-                "timeout: 0.1s",
-                "timeout: 1s\n              enable_x_ratelimit_headers: DRAFT_VERSION_03"
-                    .to_owned(),
-            ),
-        ],
-    )
-    .unwrap();
-    let native = e2e::Envoy::start(&yaml).unwrap();
-    let native_addr = native.listener_addr().unwrap();
-    let accept = [("accept", "application/json, text/event-stream")];
+    let native = e2e::stack::Native::start(
+        &limits,
+        &[(
+            "timeout: 0.1s",
+            "timeout: 1s\n              enable_x_ratelimit_headers: DRAFT_VERSION_03".to_owned(),
+        )],
+    );
+    let accept = [("accept", e2e::stack::ACCEPT)];
     let triple = |r: &Response| {
         [
             "x-ratelimit-limit",
@@ -310,7 +289,7 @@ fn draft03_headers_match_envoys_own_ratelimit_filter() {
     for id in 1..=4 {
         let body = tools_call(id, "search_docs");
         let a = ours.post_with(&body, &accept);
-        let b = e2e::post_json(native_addr, "/mcp", &body, &accept).unwrap();
+        let b = native.post(&body);
         assert_eq!(a.status, b.status, "call {id}: {a:?}\n{b:?}");
         assert_eq!(triple(&a), triple(&b), "call {id}");
         let remaining = 3u64.saturating_sub(id).to_string();
@@ -423,4 +402,45 @@ fn the_access_log_shows_what_the_filter_decided() {
             "rls_ms=-"
         ]
     );
+}
+
+/// Envoy's native `mcp` filter parses the first 8 KB of a body (its default
+/// `max_request_body_size`): a `tools/call` whose tool name comes after
+/// 8 KB of arguments reaches its rate-limit call without the tool, and
+/// escapes the per-tool limit. mcp-ratelimit reads the whole body (up to
+/// `max_body_bytes`) and counts it. The same five calls through each, with
+/// `search_docs` limited to 3 a day.
+#[test]
+fn a_tool_name_after_8_kb_is_counted_here_and_escapes_the_native_filter() {
+    let limits = e2e::fixtures::limits(3, 1000);
+    let ours = Stack::start(
+        r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000}"#,
+        &limits,
+    );
+    let native = e2e::stack::Native::start(&limits, &[]);
+    let late = |id: u64| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"arguments":{{"query":"{}"}},"name":"search_docs"}}}}"#,
+            "x".repeat(10_000)
+        )
+    };
+    let accept = [("accept", e2e::stack::ACCEPT)];
+    let ours_status: Vec<u16> = (1..=5)
+        .map(|id| ours.post_with(&late(id), &accept).status)
+        .collect();
+    let native_status: Vec<u16> = (1..=5).map(|id| native.post(&late(id)).status).collect();
+    assert_eq!(ours_status, [200, 200, 200, 429, 429]);
+    assert_eq!(ours.up.calls("search_docs").unwrap(), 3);
+    assert_eq!(
+        native_status, [200; 5],
+        "the native filter now sees the late tool name"
+    );
+    assert_eq!(native.up.calls("search_docs").unwrap(), 5);
+    // With the name first, the native filter counts it: the difference is
+    // where the name is.
+    let early = tools_call(6, "search_docs");
+    for _ in 0..3 {
+        assert_eq!(native.post(&early).status, 200);
+    }
+    assert_eq!(native.post(&early).status, 429);
 }
