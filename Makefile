@@ -17,8 +17,14 @@ WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-flo
   --enable-mutable-globals --enable-reference-types --enable-multivalue
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
-# The MCP TypeScript SDK client of the end-to-end tests (npm, Node.js 20).
+# The MCP TypeScript SDK clients of the end-to-end tests (npm, Node.js 20):
+# v1 (@modelcontextprotocol/sdk) and v2 (@modelcontextprotocol/client).
 TS_CLIENT := e2e/clients/ts
+TS2_CLIENT := e2e/clients/ts2
+# The MCP Python SDK 1.x client of the end-to-end tests, in a virtualenv of
+# its own (the 2.x SDK is in $(VENV)).
+PY1_VENV := target/py1-venv
+PY1_REQUIREMENTS := e2e/clients/py1/requirements.txt
 STAMPS := target/.stamps
 # Binaries used by `make run` and the end-to-end tests.
 export ENVOY_BIN := $(abspath $(ENVOY))
@@ -51,7 +57,8 @@ help:
 
 ## Tools -------------------------------------------------------------------
 
-deps: $(STAMPS)/rust-target $(STAMPS)/venv $(STAMPS)/wasm-opt $(STAMPS)/ts-client
+deps: $(STAMPS)/rust-target $(STAMPS)/venv $(STAMPS)/wasm-opt $(STAMPS)/ts-client \
+  $(STAMPS)/ts2-client $(STAMPS)/py1-venv
 
 $(STAMPS)/rust-target:
 	@mkdir -p $(STAMPS)
@@ -107,15 +114,35 @@ $(STAMPS)/wasm-opt:
 	wasm-opt --version
 	@touch $@
 
-# The TypeScript SDK client's packages, exactly as package-lock.json pins
-# them. Redone when the lockfile changes or node_modules has gone. Node.js
-# and npm come from Debian's packages when missing.
-$(STAMPS)/ts-client: $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json \
-  $(if $(wildcard $(TS_CLIENT)/node_modules/.package-lock.json),,FORCE)
+# A TypeScript SDK client's packages, exactly as its package-lock.json pins
+# them (the client's directory is $(1)). Redone when the lockfile changes or
+# node_modules has gone. Node.js and npm come from Debian's packages when
+# missing.
+npm_deps = $(1)/package.json $(1)/package-lock.json \
+  $(if $(wildcard $(1)/node_modules/.package-lock.json),,FORCE)
+define npm_ci
 	@mkdir -p $(STAMPS)
 	$(call apt_install,npm,nodejs npm)
 	node --version
-	cd $(TS_CLIENT) && npm ci --no-audit --no-fund
+	cd $(1) && npm ci --no-audit --no-fund
+	@touch $@
+endef
+
+$(STAMPS)/ts-client: $(call npm_deps,$(TS_CLIENT))
+	$(call npm_ci,$(TS_CLIENT))
+
+$(STAMPS)/ts2-client: $(call npm_deps,$(TS2_CLIENT))
+	$(call npm_ci,$(TS2_CLIENT))
+
+# The Python SDK 1.x client's packages, exactly as its requirements file pins
+# them (every package: nothing else is installed, and pip check must agree).
+# Redone when the requirements change or the virtualenv has gone.
+$(STAMPS)/py1-venv: $(PY1_REQUIREMENTS) $(if $(wildcard $(PY1_VENV)/bin/python),,FORCE)
+	@mkdir -p $(STAMPS)
+	test -x $(PY1_VENV)/bin/python || python3 -m venv $(PY1_VENV)
+	$(PY1_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r $(PY1_REQUIREMENTS)
+	$(PY1_VENV)/bin/pip check --disable-pip-version-check
+	$(PY1_VENV)/bin/python -c "import importlib.metadata as m; print('mcp', m.version('mcp'))"
 	@touch $@
 
 FORCE:

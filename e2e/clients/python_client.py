@@ -38,12 +38,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
-import json
 import sys
 import traceback
 from typing import Any
 
 import httpx2
+import wire
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -85,32 +85,11 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-class Wire:
-    """Records every `tools/call` POST with the HTTP status and content type
-    of its answer."""
+class Wire(wire.Wire):
+    """[`wire.Wire`] for httpx2, the HTTP client of the 2.x SDK."""
 
     def __init__(self) -> None:
-        self.tools_call: list[dict[str, Any]] = []
-        self._pending: dict[int, dict[str, Any]] = {}
-
-    async def on_request(self, request: httpx2.Request) -> None:
-        if request.method != "POST":
-            return
-        try:
-            body = json.loads(request.content or b"null")
-        except (ValueError, httpx2.RequestNotRead):
-            return
-        if isinstance(body, dict) and body.get("method") == "tools/call":
-            params = body.get("params") or {}
-            entry = {"id": body.get("id"), "tool": params.get("name"), "status": None, "content_type": None}
-            self.tools_call.append(entry)
-            self._pending[id(request)] = entry
-
-    async def on_response(self, response: httpx2.Response) -> None:
-        entry = self._pending.pop(id(response.request), None)
-        if entry is not None:
-            entry["status"] = response.status_code
-            entry["content_type"] = response.headers.get("content-type")
+        super().__init__(httpx2.RequestNotRead)
 
 
 async def run(report: dict[str, Any], wire: Wire, url: str, max_calls: int) -> None:
@@ -188,11 +167,7 @@ def main(argv: list[str]) -> int:
         inner = unwrap(exc)
         report["failure"] = describe_error(inner)
         report["traceback"] = traceback.format_exception(inner)
-    # Calls this script made, as sent: more POSTs than attempts means the SDK
-    # sent some call again by itself.
-    calls = [c for c in wire.tools_call if c["tool"] in (tool, AFTER_TOOL)]
-    report["wire"] = {"tools_call": calls, "sdk_retried": len(calls) > report["attempts"]}
-    print(json.dumps(report), flush=True)
+    wire.report(report, (tool, AFTER_TOOL))
     return 0
 
 

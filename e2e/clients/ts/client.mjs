@@ -38,6 +38,7 @@ import { parseArgs } from 'node:util';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { recordingFetch, runAndReport, text } from '../wire.mjs';
 
 const AFTER_TOOL = 'get_weather';
 
@@ -67,35 +68,6 @@ function describeError(err) {
     message: err?.message ?? String(err),
     data: err?.data === undefined ? null : err.data,
     http_status: type === 'StreamableHTTPError' ? code : null,
-  };
-}
-
-function text(result) {
-  return (result?.content ?? []).map(c => c.text ?? '').join(' ');
-}
-
-// Records every tools/call POST with the HTTP status and content type of its
-// answer.
-function recordingFetch(log) {
-  return async (url, init) => {
-    let entry = null;
-    if ((init?.method ?? 'GET') === 'POST' && typeof init.body === 'string') {
-      try {
-        const body = JSON.parse(init.body);
-        if (body?.method === 'tools/call') {
-          entry = { id: body.id ?? null, tool: body.params?.name ?? null, status: null, content_type: null };
-          log.push(entry);
-        }
-      } catch {
-        // not JSON: not ours to record
-      }
-    }
-    const response = await fetch(url, init);
-    if (entry) {
-      entry.status = response.status;
-      entry.content_type = response.headers.get('content-type');
-    }
-    return response;
   };
 }
 
@@ -173,18 +145,8 @@ async function main() {
     wire: null,
     failure: null,
   };
-  const log = [];
-  try {
-    await run(report, log, url, Number.parseInt(values['max-calls'], 10));
-  } catch (err) {
-    report.failure = describeError(err);
-    report.stack = err?.stack ?? null;
-  }
-  // Calls this script made, as sent: more POSTs than attempts means the SDK
-  // sent some call again by itself.
-  const calls = log.filter(c => c.tool === tool || c.tool === AFTER_TOOL);
-  report.wire = { tools_call: calls, sdk_retried: calls.length > report.attempts };
-  process.stdout.write(`${JSON.stringify(report)}\n`);
+  const maxCalls = Number.parseInt(values['max-calls'], 10);
+  await runAndReport(report, [tool, AFTER_TOOL], log => run(report, log, url, maxCalls), describeError);
   return 0;
 }
 

@@ -8,6 +8,7 @@
 //! | filter wasm | `MCP_RATELIMIT_WASM` | `<target>/mcp_ratelimit.wasm` (what `make build` ships) |
 //! | filter wasm that panics on request (feature `panic-test`) | `MCP_RATELIMIT_PANIC_WASM` | `<target>/mcp_ratelimit_panic_test.wasm` (`make wasm-panic-test`) |
 //! | Python with the MCP SDK | `MCP_PYTHON` | `<root>/.venv/bin/python` (what `make deps` installs) |
+//! | Python with the MCP SDK 1.x | `MCP_PY1_PYTHON` | `<target>/py1-venv/bin/python` (what `make deps` installs) |
 //! | Node.js | `NODE_BIN` | `node` on `PATH` |
 //! | envoyproxy/ratelimit | `RATELIMIT_BIN` | `<target>/ratelimit/ratelimit` (what `make ratelimit` builds) |
 //! | Redis | `REDIS_SERVER_BIN` | `redis-server` on `PATH` |
@@ -148,6 +149,23 @@ impl Paths {
         Err(Error::new(format!(
             "{} not found: run `make deps` (it installs the pinned MCP Python SDK and Envoy \
              into .venv) or set MCP_PYTHON",
+            venv.display()
+        )))
+    }
+
+    /// The Python interpreter of the MCP Python SDK 1.x client's virtualenv,
+    /// `<target>/py1-venv`.
+    pub fn py1_python(&self) -> Result<PathBuf> {
+        if let Some(p) = from_env("MCP_PY1_PYTHON")? {
+            return Ok(p);
+        }
+        let venv = self.target.join("py1-venv/bin/python");
+        if venv.is_file() {
+            return Ok(venv);
+        }
+        Err(Error::new(format!(
+            "{} not found: run `make deps` (it installs the pinned MCP Python SDK 1.x \
+             into target/py1-venv) or set MCP_PY1_PYTHON",
             venv.display()
         )))
     }

@@ -1,7 +1,14 @@
-//! The official MCP SDK clients the end-to-end tests run: the Python SDK
-//! (`e2e/clients/python_client.py`, with the `.venv` that `make deps`
-//! makes) and the TypeScript SDK (`e2e/clients/ts/client.mjs`, with the
-//! `node_modules` that `make deps` installs by `npm ci`).
+//! The official MCP SDK clients the end-to-end tests run:
+//! - the Python SDK 2.x (`e2e/clients/python_client.py`, with the `.venv`
+//!   that `make deps` makes from `e2e/requirements.txt`);
+//! - the Python SDK 1.x (`e2e/clients/py1/client.py`, with the virtualenv
+//!   `target/py1-venv` that `make deps` makes from
+//!   `e2e/clients/py1/requirements.txt`);
+//! - the TypeScript SDK v1, `@modelcontextprotocol/sdk`
+//!   (`e2e/clients/ts/client.mjs`, with the `node_modules` that `make deps`
+//!   installs there by `npm ci`);
+//! - the TypeScript SDK v2, `@modelcontextprotocol/client`
+//!   (`e2e/clients/ts2/client.mjs`, likewise).
 //!
 //! Each client connects to an MCP URL, lists the tools, calls one until a
 //! call fails, then tries another tool on the same session, and prints one
@@ -9,8 +16,8 @@
 //! returns that report.
 //!
 //! Before running a client, the installed SDK is checked against its pin
-//! (`e2e/requirements.txt`, `e2e/clients/ts/package.json`); a missing or
-//! different SDK is an error that says to run `make deps`.
+//! ([`SdkClient::pinned`]); a missing or different SDK is an error that says
+//! to run `make deps`.
 
 use crate::paths::Paths;
 use crate::proc::Proc;
@@ -46,22 +53,71 @@ impl Scenario {
 /// One of the official SDK clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SdkClient {
-    /// Python SDK, default connection (`mode="auto"`: `server/discover`,
+    /// Python SDK 2.x, default connection (`mode="auto"`: `server/discover`,
     /// falling back to `initialize`).
     Python,
-    /// Python SDK with `mode="legacy"`: the `initialize` handshake.
+    /// Python SDK 2.x with `mode="legacy"`: the `initialize` handshake.
     PythonLegacy,
-    /// TypeScript SDK (`initialize` handshake).
+    /// Python SDK 1.x (`streamablehttp_client` and `ClientSession`): the
+    /// `initialize` handshake.
+    Python1,
+    /// TypeScript SDK v1, `@modelcontextprotocol/sdk` (`initialize`
+    /// handshake).
     TypeScript,
+    /// TypeScript SDK v2, `@modelcontextprotocol/client`, default connection
+    /// (`versionNegotiation` mode `legacy`: the `initialize` handshake).
+    TypeScript2,
+    /// TypeScript SDK v2 with `versionNegotiation: {mode: 'auto'}`:
+    /// `server/discover`, falling back to `initialize`.
+    TypeScript2Auto,
 }
 
 impl SdkClient {
+    /// Every client, in the order of the README's table.
+    pub const ALL: [SdkClient; 6] = [
+        SdkClient::Python,
+        SdkClient::PythonLegacy,
+        SdkClient::Python1,
+        SdkClient::TypeScript,
+        SdkClient::TypeScript2,
+        SdkClient::TypeScript2Auto,
+    ];
+
     /// A label for logs and messages.
     pub fn name(self) -> &'static str {
         match self {
             SdkClient::Python => "python-sdk-client",
             SdkClient::PythonLegacy => "python-sdk-client-legacy",
+            SdkClient::Python1 => "python1-sdk-client",
             SdkClient::TypeScript => "ts-sdk-client",
+            SdkClient::TypeScript2 => "ts2-sdk-client",
+            SdkClient::TypeScript2Auto => "ts2-sdk-client-auto",
+        }
+    }
+
+    /// The SDK package the client runs: PyPI `mcp` or the npm package.
+    pub fn package(self) -> &'static str {
+        match self {
+            SdkClient::Python | SdkClient::PythonLegacy | SdkClient::Python1 => "mcp",
+            SdkClient::TypeScript => TS_SDK,
+            SdkClient::TypeScript2 | SdkClient::TypeScript2Auto => TS2_SDK,
+        }
+    }
+
+    /// The SDK version the repository pins for this client (read from
+    /// `e2e/requirements.txt`, `e2e/clients/py1/requirements.txt`,
+    /// `e2e/clients/ts/package.json` or `e2e/clients/ts2/package.json`).
+    pub fn pinned(self) -> Result<String> {
+        let paths = Paths::discover();
+        match self {
+            SdkClient::Python | SdkClient::PythonLegacy => {
+                requirements_pin(&paths.root.join("e2e/requirements.txt"))
+            }
+            SdkClient::Python1 => requirements_pin(&paths.clients_dir().join(PY1_REQUIREMENTS)),
+            SdkClient::TypeScript => package_pin(&paths.clients_dir().join("ts"), TS_SDK),
+            SdkClient::TypeScript2 | SdkClient::TypeScript2Auto => {
+                package_pin(&paths.clients_dir().join("ts2"), TS2_SDK)
+            }
         }
     }
 
@@ -70,7 +126,9 @@ impl SdkClient {
     pub fn check(self) -> Result<String> {
         match self {
             SdkClient::Python | SdkClient::PythonLegacy => python_sdk(),
+            SdkClient::Python1 => python1_sdk(),
             SdkClient::TypeScript => ts_sdk(),
+            SdkClient::TypeScript2 | SdkClient::TypeScript2Auto => ts2_sdk(),
         }
     }
 
@@ -80,25 +138,27 @@ impl SdkClient {
         self.check()?;
         let paths = Paths::discover();
         let clients = paths.clients_dir();
-        let mut cmd = match self {
+        let (program, script) = match self {
             SdkClient::Python | SdkClient::PythonLegacy => {
-                let mut cmd = Command::new(paths.python()?);
-                cmd.arg(clients.join("python_client.py"))
-                    .arg(url)
-                    .arg(scenario.as_str());
-                if self == SdkClient::PythonLegacy {
-                    cmd.arg("--mode").arg("legacy");
-                }
-                cmd
+                (paths.python()?, clients.join("python_client.py"))
             }
-            SdkClient::TypeScript => {
-                let mut cmd = Command::new(paths.node()?);
-                cmd.arg(clients.join("ts/client.mjs"))
-                    .arg(url)
-                    .arg(scenario.as_str());
-                cmd
+            SdkClient::Python1 => (paths.py1_python()?, clients.join("py1/client.py")),
+            SdkClient::TypeScript => (paths.node()?, clients.join("ts/client.mjs")),
+            SdkClient::TypeScript2 | SdkClient::TypeScript2Auto => {
+                (paths.node()?, clients.join("ts2/client.mjs"))
             }
         };
+        let mut cmd = Command::new(program);
+        cmd.arg(script).arg(url).arg(scenario.as_str());
+        match self {
+            SdkClient::PythonLegacy => {
+                cmd.arg("--mode").arg("legacy");
+            }
+            SdkClient::TypeScript2Auto => {
+                cmd.arg("--negotiation").arg("auto");
+            }
+            _ => {}
+        }
         let mut proc = Proc::spawn(self.name(), &mut cmd)?;
         let status = proc.wait_exit(CLIENT_TIMEOUT)?.ok_or_else(|| {
             Error::new(format!(
@@ -132,27 +192,59 @@ impl SdkClient {
     }
 }
 
-/// The installed MCP Python SDK version, checked against the pin in
-/// `e2e/requirements.txt` (once per process).
-fn python_sdk() -> Result<String> {
-    static CHECKED: OnceLock<Result<String, String>> = OnceLock::new();
-    CHECKED
-        .get_or_init(|| check_python_sdk().map_err(|e| e.message().to_owned()))
+/// The TypeScript SDK v1 package.
+const TS_SDK: &str = "@modelcontextprotocol/sdk";
+/// The TypeScript SDK v2 client package.
+const TS2_SDK: &str = "@modelcontextprotocol/client";
+/// The Python SDK 1.x client's requirements, under `e2e/clients`.
+const PY1_REQUIREMENTS: &str = "py1/requirements.txt";
+
+/// Runs `check` once per process and keeps its outcome.
+fn once(
+    cell: &'static OnceLock<Result<String, String>>,
+    check: fn() -> Result<String>,
+) -> Result<String> {
+    cell.get_or_init(|| check().map_err(|e| e.message().to_owned()))
         .clone()
         .map_err(Error::new)
 }
 
-fn check_python_sdk() -> Result<String> {
-    let paths = Paths::discover();
-    let requirements = paths.root.join("e2e/requirements.txt");
-    let pinned = pin_in_requirements(&read(&requirements)?, "mcp").ok_or_else(|| {
+/// The MCP Python SDK 2.x in `.venv`, checked against `e2e/requirements.txt`.
+fn python_sdk() -> Result<String> {
+    static CHECKED: OnceLock<Result<String, String>> = OnceLock::new();
+    once(&CHECKED, || {
+        let paths = Paths::discover();
+        check_python_sdk(&paths.python()?, &paths.root.join("e2e/requirements.txt"))
+    })
+}
+
+/// The MCP Python SDK 1.x in its virtualenv, checked against
+/// `e2e/clients/py1/requirements.txt`.
+fn python1_sdk() -> Result<String> {
+    static CHECKED: OnceLock<Result<String, String>> = OnceLock::new();
+    once(&CHECKED, || {
+        let paths = Paths::discover();
+        check_python_sdk(
+            &paths.py1_python()?,
+            &paths.clients_dir().join(PY1_REQUIREMENTS),
+        )
+    })
+}
+
+/// The `mcp==<version>` pin of a requirements file.
+fn requirements_pin(requirements: &Path) -> Result<String> {
+    pin_in_requirements(&read(requirements)?, "mcp").ok_or_else(|| {
         Error::new(format!(
             "no `mcp==<version>` line in {}",
             requirements.display()
         ))
-    })?;
-    let python = paths.python()?;
-    let out = Command::new(&python)
+    })
+}
+
+/// Checks that `python` has PyPI `mcp` at the version `requirements` pins.
+fn check_python_sdk(python: &Path, requirements: &Path) -> Result<String> {
+    let pinned = requirements_pin(requirements)?;
+    let out = Command::new(python)
         .arg("-c")
         .arg("import importlib.metadata as m; print(m.version('mcp'))")
         .output()
@@ -160,32 +252,51 @@ fn check_python_sdk() -> Result<String> {
     let installed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if !out.status.success() || installed != pinned {
         return Err(Error::new(format!(
-            "the MCP Python SDK in {} is {}, but e2e/requirements.txt pins mcp=={pinned}: \
-             run `make deps`\n{}",
+            "the MCP Python SDK in {} is {}, but {} pins mcp=={pinned}: run `make deps`\n{}",
             python.display(),
             if installed.is_empty() {
                 "not installed".to_owned()
             } else {
                 installed
             },
+            requirements.display(),
             String::from_utf8_lossy(&out.stderr)
         )));
     }
     Ok(installed)
 }
 
-/// The installed MCP TypeScript SDK version and Node.js, checked against
-/// the pin in `e2e/clients/ts/package.json` (once per process).
+/// The MCP TypeScript SDK v1 and Node.js, checked against the pin in
+/// `e2e/clients/ts/package.json`.
 fn ts_sdk() -> Result<String> {
     static CHECKED: OnceLock<Result<String, String>> = OnceLock::new();
-    CHECKED
-        .get_or_init(|| check_ts_sdk().map_err(|e| e.message().to_owned()))
-        .clone()
-        .map_err(Error::new)
+    once(&CHECKED, || {
+        check_ts_sdk(&Paths::discover().clients_dir().join("ts"), TS_SDK)
+    })
 }
 
-fn check_ts_sdk() -> Result<String> {
-    const SDK: &str = "@modelcontextprotocol/sdk";
+/// The MCP TypeScript SDK v2 client and Node.js, checked against the pin in
+/// `e2e/clients/ts2/package.json`.
+fn ts2_sdk() -> Result<String> {
+    static CHECKED: OnceLock<Result<String, String>> = OnceLock::new();
+    once(&CHECKED, || {
+        check_ts_sdk(&Paths::discover().clients_dir().join("ts2"), TS2_SDK)
+    })
+}
+
+/// The version `dir/package.json` pins for the dependency `sdk`.
+fn package_pin(dir: &Path, sdk: &str) -> Result<String> {
+    let manifest: Value = serde_json::from_str(&read(&dir.join("package.json"))?)?;
+    manifest
+        .pointer(&format!("/dependencies/{}", sdk.replace('/', "~1")))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| Error::new(format!("{sdk} is not a dependency in {}", dir.display())))
+}
+
+/// Checks that Node.js runs and that `dir/node_modules` has `sdk` at the
+/// version `dir/package.json` pins.
+fn check_ts_sdk(dir: &Path, sdk: &str) -> Result<String> {
     let paths = Paths::discover();
     let node = paths.node()?;
     let out = Command::new(&node)
@@ -198,13 +309,8 @@ fn check_ts_sdk() -> Result<String> {
             node.display()
         )));
     }
-    let dir = paths.clients_dir().join("ts");
-    let manifest: Value = serde_json::from_str(&read(&dir.join("package.json"))?)?;
-    let pinned = manifest
-        .pointer(&format!("/dependencies/{}", SDK.replace('/', "~1")))
-        .and_then(Value::as_str)
-        .ok_or_else(|| Error::new(format!("{SDK} is not a dependency in {}", dir.display())))?;
-    let installed_manifest = dir.join("node_modules").join(SDK).join("package.json");
+    let pinned = package_pin(dir, sdk)?;
+    let installed_manifest = dir.join("node_modules").join(sdk).join("package.json");
     let installed = std::fs::read_to_string(&installed_manifest)
         .ok()
         .and_then(|text| serde_json::from_str::<Value>(&text).ok())
@@ -212,7 +318,7 @@ fn check_ts_sdk() -> Result<String> {
     match installed {
         Some(v) if v == pinned => Ok(v),
         other => Err(Error::new(format!(
-            "{SDK} in {} is {}, but package.json pins {pinned}: run `make deps` \
+            "{sdk} in {} is {}, but package.json pins {pinned}: run `make deps` \
              (it runs `npm ci` there)",
             dir.display(),
             other.as_deref().unwrap_or("not installed")
