@@ -65,9 +65,11 @@ descriptors:
 "#;
 
 /// The filter on the shipped limits (Envoy 0) and on [`USERS`] (Envoy 1).
+/// Every request is the services' to answer: the over-limit cache, whose
+/// repeats depend on how fast the sequence runs, is off.
 const PLUGINS: [&str; 2] = [
-    r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":3000,"failure_mode_deny":true}"#,
-    r#"{"domain":"mcp_users","rls_cluster":"ratelimit","timeout_ms":3000,"failure_mode_deny":true,
+    r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":3000,"failure_mode_deny":true,"over_limit_cache":false}"#,
+    r#"{"domain":"mcp_users","rls_cluster":"ratelimit","timeout_ms":3000,"failure_mode_deny":true,"over_limit_cache":false,
         "descriptors":[[{"key":"user","header":"x-user"},{"key":"tool","mcp":"tool"}],
                        [{"key":"tenant","header":"x-tenant"}]]}"#,
 ];
