@@ -116,20 +116,21 @@ fn limit_is_enforced_per_tool_with_a_json_rpc_429() {
     let resp = call(&s, 5, "get_weather");
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(s.up.calls("get_weather").unwrap(), 1);
-    // What the service was asked, and the counters: the notifications were
-    // denied by the over-limit cache, with the service's denial, without a
-    // call.
+    // What the service was asked, and the counters: each denial came from
+    // the service or again from the over-limit cache (the notifications,
+    // within a second of the first denial), without a call.
     let sent = s.rls_requests();
-    assert_eq!(sent.len(), 5);
+    let cached = s.stat("over_limit_cached");
+    assert!(cached <= 2);
+    assert_eq!(sent.len() as u64 + cached, 7);
     assert_eq!(sent[0]["domain"], "mcp");
     assert_eq!(
         sent[3]["descriptors"],
         json!([{"entries": [{"key": "tool", "value": "search_docs"}], "hits_addend": null}])
     );
-    assert_eq!(s.stat("checked"), 5);
+    assert_eq!(s.stat("checked"), 7 - cached);
     assert_eq!(s.stat("ok"), 4);
-    assert_eq!(s.stat("over_limit"), 1);
-    assert_eq!(s.stat("over_limit_cached"), 2);
+    assert_eq!(s.stat("over_limit"), 3 - cached);
     assert_eq!(s.stat("error"), 0);
     assert_eq!(s.envoy.stat("http.mcp.downstream_rq_4xx"), 3);
 }

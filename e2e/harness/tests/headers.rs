@@ -180,10 +180,11 @@ fn fast_path_calls_the_service_once_per_request_without_parsing() {
         json!({"tool_name": "search_docs", "parameters": {}}),
         4096,
     );
-    // (Denied by the over-limit cache: the service has just denied the
-    // same descriptor.)
+    // (Denied by the service, or again by the over-limit cache: the
+    // service has just denied the same descriptor.)
     assert_eq!(s.post_with(&wrapped, &headers).status, 429);
-    assert_eq!(s.stat("over_limit_cached"), 1);
+    let cached = s.stat("over_limit_cached");
+    assert!(cached <= 1);
     let mut headers = modern_headers("call_tool");
     headers.push(("mcp-param-toolname", "get_weather"));
     let wrapped = modern_call(
@@ -193,7 +194,8 @@ fn fast_path_calls_the_service_once_per_request_without_parsing() {
         4096,
     );
     assert_eq!(s.post_with(&wrapped, &headers).status, 200);
-    assert_eq!(s.rls.calls().unwrap(), 5);
+    let calls = s.rls.calls().unwrap();
+    assert_eq!(calls + cached, 6);
     assert_eq!(s.stat("fast_path"), 6);
     assert_eq!(s.stat("inspected"), 0);
     let sent: Value = Request::get("/requests")
@@ -206,16 +208,10 @@ fn fast_path_calls_the_service_once_per_request_without_parsing() {
         .iter()
         .map(|r| r["descriptors"][0]["entries"][0]["value"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        tools,
-        [
-            "search_docs",
-            "search_docs",
-            "search_docs",
-            "search_docs",
-            "get_weather"
-        ]
-    );
+    // search_docs for each call that asked, then get_weather.
+    let mut want = vec!["search_docs"; calls as usize - 1];
+    want.push("get_weather");
+    assert_eq!(tools, want);
     // The upstream got the allowed requests whole.
     assert_eq!(s.up.calls("search_docs").unwrap(), 3);
     assert_eq!(s.up.calls("get_weather").unwrap(), 1);
@@ -231,7 +227,7 @@ fn fast_path_calls_the_service_once_per_request_without_parsing() {
         ],
     );
     assert_eq!(resp.status, 200, "{resp:?}");
-    assert_eq!(s.rls.calls().unwrap(), 5);
+    assert_eq!(s.rls.calls().unwrap(), calls);
 }
 
 #[test]
@@ -324,7 +320,9 @@ fn python_sdk_on_2026_07_28_takes_the_fast_path() {
     // Every tools/call, including call_tool (through Mcp-Param-ToolName),
     // was judged from its headers; the other methods passed from theirs.
     let tool_calls = 3 + 1 + 1 + 1 + 1; // allowed, denied, after; denied, after
-    assert_eq!(rls.calls().unwrap(), tool_calls);
+                                        // Each asked the service, or was denied again by the over-limit cache.
+    let cached = envoy.stat("wasmcustom.mcp_ratelimit.over_limit_cached");
+    assert_eq!(rls.calls().unwrap() + cached, tool_calls);
     assert!(envoy.stat("wasmcustom.mcp_ratelimit.fast_path") >= tool_calls);
     assert_eq!(envoy.stat("wasmcustom.mcp_ratelimit.inspected"), 0);
     assert_eq!(server.runs("search_docs").unwrap(), 3);

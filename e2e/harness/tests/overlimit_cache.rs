@@ -116,15 +116,20 @@ fn a_flood_is_denied_by_every_worker_without_asking_again() {
 #[test]
 fn the_cap_bounds_the_cache_and_the_cache_can_be_turned_off() {
     let s = stack(
-        r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"over_limit_cache_max_ms":300}"#,
+        r#"{"domain":"mcp","rls_cluster":"ratelimit","timeout_ms":1000,"over_limit_cache_max_ms":1500}"#,
     );
     for id in 1..=2 {
         assert_called(&s.post(&tools_call(id, "search_docs")), id, "search_docs");
     }
     assert_rate_limited(&s.post(&tools_call(3, "search_docs")), 3, DAY_LEFT);
+    let denied_at = Instant::now();
     assert_rate_limited(&s.post(&tools_call(4, "search_docs")), 4, DAY_LEFT);
+    assert!(
+        denied_at.elapsed() < Duration::from_millis(1500),
+        "too slow to test the cap"
+    );
     assert_eq!((s.stat("checked"), s.stat("over_limit_cached")), (3, 1));
-    std::thread::sleep(Duration::from_millis(350));
+    std::thread::sleep(Duration::from_millis(1600).saturating_sub(denied_at.elapsed()));
     assert_rate_limited(&s.post(&tools_call(5, "search_docs")), 5, DAY_LEFT);
     assert_eq!((s.stat("checked"), s.stat("over_limit")), (4, 2));
 
