@@ -139,6 +139,26 @@ impl Flow {
     }
 }
 
+/// A descriptor's status in a reply, with its reset in whole seconds.
+fn status(code: i32, secs: i64) -> pb::DescriptorStatus {
+    pb::DescriptorStatus {
+        code,
+        current_limit: None,
+        limit_remaining: 0,
+        duration_until_reset: Some(pb::Duration {
+            seconds: secs,
+            nanos: 0,
+        }),
+    }
+}
+
+/// A `tools/call` of `tool` with this id.
+fn call_id(id: u64, tool: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
+    )
+}
+
 fn sent(step: &Step) -> pb::RateLimitRequest {
     match step {
         Step::Dispatch(p) => pb::RateLimitRequest::decode(p.as_slice()).unwrap(),

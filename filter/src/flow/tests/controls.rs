@@ -11,18 +11,6 @@ fn hits(req: &pb::RateLimitRequest) -> Vec<u64> {
         .collect()
 }
 
-fn status(code: i32, secs: i64) -> pb::DescriptorStatus {
-    pb::DescriptorStatus {
-        code,
-        current_limit: None,
-        limit_remaining: 0,
-        duration_until_reset: Some(pb::Duration {
-            seconds: secs,
-            nanos: 0,
-        }),
-    }
-}
-
 fn reply_with(overall: i32, statuses: Vec<pb::DescriptorStatus>) -> Vec<u8> {
     pb::RateLimitResponse {
         overall_code: overall,
@@ -43,12 +31,6 @@ fn answer(flow: &mut Flow, host: &MockHost, body: &str, reply: &[u8]) -> Step {
 
 fn batch(calls: &[String]) -> String {
     format!("[{}]", calls.join(","))
-}
-
-fn call_id(id: u64, tool: &str) -> String {
-    format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
-    )
 }
 
 const PER_USER: &str = r#"{"domain":"mcp","rls_cluster":"r","descriptors":[

@@ -10,24 +10,6 @@ fn shared_host() -> MockHost {
     h
 }
 
-fn call_id(id: u64, tool: &str) -> String {
-    format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
-    )
-}
-
-fn status(code: i32, secs: i64) -> pb::DescriptorStatus {
-    pb::DescriptorStatus {
-        code,
-        current_limit: None,
-        limit_remaining: 0,
-        duration_until_reset: Some(pb::Duration {
-            seconds: secs,
-            nanos: 0,
-        }),
-    }
-}
-
 fn reply_with(overall: i32, statuses: Vec<pb::DescriptorStatus>) -> Vec<u8> {
     let reset = statuses
         .first()
